@@ -1,0 +1,721 @@
+//! One partition's log: an ordered set of segments in `<log-dir>/<topic>-<partition>/`, the
+//! offsets that describe it, and the operations the broker and processors use (append, read,
+//! lookups by timestamp, roll, retention, delete_records, flush, close).
+//!
+//! Offsets: `log_start_offset <= high_watermark <= log_end_offset`, and the recovery point is
+//! `<= log_end_offset`. The log end is the next offset to assign; the high watermark is what
+//! readers may see: the durable end under the default `flush.messages=1`, the written end under a
+//! relaxed flush policy. Appends are ordered under the log's lock and written by the directory's
+//! I/O thread ([`crate::io`]); their [`Durable`] future resolves after the group commit.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, BatchHeader};
+use crate::checkpoint::{self, PartitionState};
+use crate::config::{LogConfig, TimestampType};
+use crate::error::{Result, StorageError};
+use crate::io::{self, Durable, IoThread, LogProgress, Op};
+use crate::segment::{self, Segment, Truncation};
+
+/// What an append was given.
+#[derive(Debug)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub record_count: i64,
+    /// The broker's timestamp when the topic uses LogAppendTime, else -1 (as in ProduceResponse).
+    pub log_append_time_ms: i64,
+    /// Resolves when the records are on disk.
+    pub durable: Durable,
+}
+
+/// What a read returns: whole batches sharing the segment's memory, and the log's offsets at the
+/// time of the read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Zero or more whole v2 batches; the first holds the requested offset (or is the first
+    /// after it). Empty when nothing is readable at that offset yet.
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+/// A ListOffsets answer by timestamp.
+#[derive(Debug, Clone)]
+pub struct TimestampLookup {
+    /// The batch holding the record.
+    pub batch: Bytes,
+    /// `(offset, timestamp)` of the first record at or after the target, when the batch is
+    /// uncompressed; `None` when the caller must decompress `batch` to pick the record.
+    pub record: Option<(i64, i64)>,
+}
+
+/// What a retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionResult {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start_offset: i64,
+}
+
+/// What opening a log found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// The previous shutdown wrote the clean marker, so nothing was scanned.
+    pub clean: bool,
+    /// Segments scanned with full CRC checks.
+    pub segments_recovered: usize,
+    pub truncations: Vec<Truncation>,
+    /// Segments deleted because an earlier one was cut.
+    pub segments_dropped: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: LogConfig,
+    segments: BTreeMap<i64, Arc<Segment>>,
+    log_end_offset: i64,
+    log_start_offset: i64,
+    closed: bool,
+}
+
+/// See the module comment.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    io: Arc<IoThread>,
+    progress: Arc<LogProgress>,
+    inner: Mutex<Inner>,
+    state: Arc<Mutex<PartitionState>>,
+    report: OpenReport,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning means a panic elsewhere while holding the lock; every mutation under these
+    // locks is completed before anything that can fail, so the data is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, recovering it if the last shutdown was not
+    /// clean.
+    pub fn open(dir: impl Into<PathBuf>, config: LogConfig, io: Arc<IoThread>) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.into();
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+            if let Some(parent) = dir.parent() {
+                checkpoint::sync_dir(parent).map_err(|e| StorageError::io(parent, e))?;
+            }
+        }
+        let stored = PartitionState::read(&dir).map_err(|e| StorageError::io(&dir, e))?;
+        let clean = stored.is_some_and(|s| s.clean);
+        let mut state = stored.unwrap_or_default();
+        let bases = scan_dir(&dir)?;
+
+        let mut report = OpenReport { clean, ..OpenReport::default() };
+        let mut segments = BTreeMap::new();
+        let mut recovered_any = false;
+        let mut first_recovered = usize::MAX;
+        for (i, &base) in bases.iter().enumerate() {
+            let next_base = bases.get(i + 1).copied();
+            let recover = !clean && next_base.is_none_or(|n| n > state.recovery_point);
+            let (seg, truncation) =
+                Segment::open(&dir, base, &config, recover, next_base.is_some())?;
+            if recover {
+                report.segments_recovered += 1;
+                recovered_any = true;
+                first_recovered = first_recovered.min(i);
+            }
+            segments.insert(base, Arc::new(seg));
+            if let Some(t) = truncation {
+                tracing::warn!(
+                    log = %dir.display(),
+                    segment = t.segment_base_offset,
+                    position = t.position,
+                    bytes_cut = t.bytes,
+                    first_offset_cut = ?t.first_offset_cut,
+                    reason = %t.reason,
+                    "recovery truncated a torn or corrupt tail: {} bytes cut at position {}, offsets from {} on removed",
+                    t.bytes, t.position, t.first_offset_cut.map_or("?".to_string(), |o| o.to_string()),
+                );
+                report.truncations.push(t);
+                // Everything after a cut is unreachable: drop later segments.
+                for &later in &bases[i + 1..] {
+                    let (log, idx, time) = segment::paths(&dir, later);
+                    for p in [log, idx, time] {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    report.segments_dropped += 1;
+                }
+                if let Some(seg) = segments.get(&base) {
+                    if next_base.is_some() {
+                        seg.reopen_for_append(&config)?;
+                    }
+                }
+                break;
+            }
+        }
+        if segments.is_empty() {
+            let base = state.log_start_offset.max(0);
+            let seg = Segment::create(&dir, base, &config)?;
+            segments.insert(base, Arc::new(seg));
+            checkpoint::sync_dir(&dir).map_err(|e| StorageError::io(&dir, e))?;
+        } else if let Some(active) = segments.values().next_back() {
+            // Indexes loaded trimmed get their preallocation back; rebuilt ones have it.
+            active.reopen_for_append(&config)?;
+        }
+        let (first_base, active) = match (segments.keys().next(), segments.values().next_back()) {
+            (Some(&b), Some(a)) => (b, a.clone()),
+            _ => unreachable!("a log always has an active segment"),
+        };
+        let log_end_offset = active.state().next_offset;
+        if recovered_any {
+            // What the scan kept may only be in the page cache (the process, not the machine,
+            // crashed): make it durable before calling it durable.
+            for seg in segments.values().skip(first_recovered) {
+                seg.file.sync_data().map_err(|e| StorageError::io(&seg.log_path, e))?;
+            }
+            checkpoint::sync_dir(&dir).map_err(|e| StorageError::io(&dir, e))?;
+        }
+        state.log_start_offset = state.log_start_offset.max(first_base).min(log_end_offset);
+        state.recovery_point = active.base_offset;
+        state.clean = false;
+        state.write(&dir).map_err(|e| StorageError::io(&dir, e))?;
+
+        let progress = Arc::new(LogProgress::new(
+            io.new_log_id(),
+            log_end_offset,
+            config.flush_messages,
+            config.flush_ms,
+        ));
+        let log_start_offset = state.log_start_offset;
+        Ok(Log {
+            dir,
+            io,
+            progress,
+            inner: Mutex::new(Inner {
+                config,
+                segments,
+                log_end_offset,
+                log_start_offset,
+                closed: false,
+            }),
+            state: Arc::new(Mutex::new(state)),
+            report,
+        })
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What opening the log found (clean start, segments scanned, truncations).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    pub fn config(&self) -> LogConfig {
+        lock(&self.inner).config.clone()
+    }
+
+    /// Changes the topic config; new segment sizes and flush policy apply from the next append.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        let mut inner = lock(&self.inner);
+        self.progress.flush_messages.store(config.flush_messages, Ordering::Relaxed);
+        self.progress.flush_ms.store(config.flush_ms, Ordering::Relaxed);
+        inner.config = config;
+        Ok(())
+    }
+
+    fn check_writable(&self, inner: &Inner) -> Result<()> {
+        if inner.closed {
+            return Err(StorageError::Closed);
+        }
+        self.io.health().check()?;
+        if self.progress.write_failed.load(Ordering::Acquire) {
+            return Err(self.io.health().error());
+        }
+        Ok(())
+    }
+
+    /// Appends the v2 batches in `records` (one produce partition's record set) with the
+    /// current time and leader epoch 0.
+    pub fn append(&self, records: &[u8]) -> Result<AppendInfo> {
+        self.append_at(records, now_ms(), 0)
+    }
+
+    /// Validates, assigns offsets and queues the write. Returns at once; `durable` resolves
+    /// when the records are on disk. On any error the log is unchanged.
+    pub fn append_at(&self, records: &[u8], now_ms: i64, leader_epoch: i32) -> Result<AppendInfo> {
+        let max_message_bytes = lock(&self.inner).config.max_message_bytes;
+        let batches = batch::validate(records, max_message_bytes)?;
+        let mut data = BytesMut::from(records);
+
+        let mut inner = lock(&self.inner);
+        self.check_writable(&inner)?;
+        let config = inner.config.clone();
+        // `validate` used the config read before the lock; a concurrent set_config may have
+        // lowered the limit since.
+        if let Some(b) = batches.iter().find(|b| b.len > config.max_message_bytes) {
+            return Err(StorageError::MessageTooLarge {
+                size: b.len,
+                max: config.max_message_bytes,
+            });
+        }
+        let log_append_time = config.message_timestamp_type == TimestampType::LogAppendTime;
+        let base_offset = inner.log_end_offset;
+        let record_count: i64 = batches.iter().map(|b| i64::from(b.record_count)).sum();
+        let last_offset = base_offset + record_count - 1;
+
+        let mut active = self.active(&inner);
+        if self.needs_roll(&active, &config, data.len() as u64, last_offset, now_ms) {
+            active = self.roll_locked(&mut inner)?;
+        }
+        let mut next = base_offset;
+        let mut st = active.state();
+        let mut position = None;
+        for b in &batches {
+            let bytes = &mut data[b.position..b.position + b.len];
+            batch::assign(bytes, next, leader_epoch);
+            let max_ts = if log_append_time {
+                batch::set_log_append_time(bytes, now_ms);
+                now_ms
+            } else {
+                b.max_timestamp
+            };
+            let last = next + i64::from(b.record_count) - 1;
+            let pos = Segment::reserve(
+                &mut st,
+                active.base_offset,
+                next,
+                last,
+                b.len as u64,
+                max_ts,
+                &config,
+                now_ms,
+            );
+            position.get_or_insert(pos);
+            next = last + 1;
+        }
+        drop(st);
+        let (durable, done) = io::durable_pair();
+        self.io.submit(Op::Append {
+            log: self.progress.clone(),
+            segment: active,
+            position: position.unwrap_or(0),
+            data: data.freeze(),
+            end_offset: next,
+            records: record_count,
+            done,
+        })?;
+        inner.log_end_offset = next;
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            record_count,
+            log_append_time_ms: if log_append_time { now_ms } else { -1 },
+            durable,
+        })
+    }
+
+    fn active(&self, inner: &Inner) -> Arc<Segment> {
+        match inner.segments.values().next_back() {
+            Some(s) => s.clone(),
+            None => unreachable!("a log always has an active segment"),
+        }
+    }
+
+    fn needs_roll(
+        &self,
+        active: &Segment,
+        config: &LogConfig,
+        size: u64,
+        last_offset: i64,
+        now_ms: i64,
+    ) -> bool {
+        let st = active.state();
+        if st.reserved_len == 0 {
+            return false;
+        }
+        st.reserved_len + size > config.segment_bytes
+            || st.first_append_ms.is_some_and(|t| now_ms.saturating_sub(t) >= config.segment_ms)
+            || st.indexes_full()
+            || last_offset - active.base_offset > i64::from(i32::MAX)
+    }
+
+    /// Starts a new segment at the log end (no-op when the active segment is empty).
+    pub fn roll(&self) -> Result<()> {
+        let mut inner = lock(&self.inner);
+        self.check_writable(&inner)?;
+        if self.active(&inner).state().reserved_len > 0 {
+            self.roll_locked(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    fn roll_locked(&self, inner: &mut Inner) -> Result<Arc<Segment>> {
+        let old = self.active(inner);
+        let base = inner.log_end_offset;
+        let new = Arc::new(Segment::create(&self.dir, base, &inner.config)?);
+        checkpoint::sync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
+        old.seal().map_err(|e| StorageError::io(&old.log_path, e))?;
+        inner.segments.insert(base, new.clone());
+        // Once everything before `base` is synced, recovery need not look before it.
+        let (state, dir) = (self.state.clone(), self.dir.clone());
+        self.io.submit(Op::Sync {
+            log: self.progress.clone(),
+            done: None,
+            then: Some(Box::new(move || {
+                let mut s = lock(&state);
+                if base > s.recovery_point {
+                    s.recovery_point = base;
+                    s.write(&dir)?;
+                }
+                Ok(())
+            })),
+        })?;
+        Ok(new)
+    }
+
+    /// Offsets `(log_start_offset, high_watermark, log_end_offset)`.
+    pub fn offsets(&self) -> (i64, i64, i64) {
+        let inner = lock(&self.inner);
+        (inner.log_start_offset, self.high_watermark_locked(&inner), self.log_end_locked(&inner))
+    }
+
+    fn log_end_locked(&self, inner: &Inner) -> i64 {
+        if self.progress.write_failed.load(Ordering::Acquire) {
+            self.progress.written_end.load(Ordering::Acquire)
+        } else {
+            inner.log_end_offset
+        }
+    }
+
+    fn high_watermark_locked(&self, inner: &Inner) -> i64 {
+        let hw = if inner.config.sync_every_append() {
+            self.progress.durable_end.load(Ordering::Acquire)
+        } else {
+            self.progress.written_end.load(Ordering::Acquire)
+        };
+        hw.max(inner.log_start_offset)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        lock(&self.inner).log_start_offset
+    }
+    pub fn high_watermark(&self) -> i64 {
+        let inner = lock(&self.inner);
+        self.high_watermark_locked(&inner)
+    }
+    pub fn log_end_offset(&self) -> i64 {
+        let inner = lock(&self.inner);
+        self.log_end_locked(&inner)
+    }
+    /// Offsets before this are known to be on disk with their indexes; recovery scans from the
+    /// segment holding it.
+    pub fn recovery_point(&self) -> i64 {
+        lock(&self.state).recovery_point
+    }
+    /// One past the last offset known to be fsynced.
+    pub fn durable_end(&self) -> i64 {
+        self.progress.durable_end.load(Ordering::Acquire)
+    }
+
+    /// Size of all segments in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        lock(&self.inner).segments.values().map(|s| s.published_len()).sum()
+    }
+    pub fn segment_count(&self) -> usize {
+        lock(&self.inner).segments.len()
+    }
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        lock(&self.inner).segments.keys().copied().collect()
+    }
+
+    /// A counter that changes whenever data becomes visible to readers (for long polls).
+    pub fn data_version(&self) -> u64 {
+        self.progress.version.load(Ordering::Acquire)
+    }
+
+    /// Blocks until `data_version()` differs from `seen` or `timeout` passes.
+    pub fn wait_for_data(&self, seen: u64, timeout: Duration) {
+        let (m, cv) = &self.progress.changed;
+        let g = lock(m);
+        if self.data_version() != seen {
+            return;
+        }
+        let _ = cv.wait_timeout_while(g, timeout, |_| self.data_version() == seen);
+    }
+
+    /// Reads whole batches from `offset`, at most `max_bytes` (but at least one whole batch when
+    /// `min_one`, as Kafka does for the first partition of a fetch), never past the high
+    /// watermark. A batch that holds `offset` is returned whole.
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
+        let (segments, log_start_offset, high_watermark, log_end_offset) = {
+            let inner = lock(&self.inner);
+            let hw = self.high_watermark_locked(&inner);
+            let leo = self.log_end_locked(&inner);
+            if offset < inner.log_start_offset || offset > leo {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: inner.log_start_offset,
+                    log_end_offset: leo,
+                });
+            }
+            let from = inner.segments.range(..=offset).next_back().map_or(i64::MIN, |(b, _)| *b);
+            let segs: Vec<Arc<Segment>> = if offset >= hw {
+                Vec::new()
+            } else {
+                inner.segments.range(from..hw).map(|(_, s)| s.clone()).collect()
+            };
+            (segs, inner.log_start_offset, hw, leo)
+        };
+        let mut records = Bytes::new();
+        for seg in segments {
+            records = seg.read(offset, high_watermark, max_bytes, min_one)?;
+            if !records.is_empty() {
+                break;
+            }
+        }
+        Ok(ReadResult { records, high_watermark, log_start_offset, log_end_offset })
+    }
+
+    fn visible_segments(&self) -> (Vec<Arc<Segment>>, i64, i64) {
+        let inner = lock(&self.inner);
+        let hw = self.high_watermark_locked(&inner);
+        (inner.segments.values().cloned().collect(), inner.log_start_offset, hw)
+    }
+
+    /// The first record (below the high watermark, at or after the log start) whose timestamp
+    /// is `>= timestamp`, for ListOffsets; `None` if there is none.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<TimestampLookup>> {
+        let (segments, log_start, hw) = self.visible_segments();
+        for seg in segments {
+            let (next, max_ts) = {
+                let st = seg.state();
+                (st.next_offset, st.max_timestamp)
+            };
+            if next <= log_start || max_ts < timestamp {
+                continue;
+            }
+            if let Some(batch) = seg.find_by_timestamp(timestamp, hw)? {
+                return Ok(Some(lookup_in(batch, timestamp, log_start)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The record with the largest timestamp (ListOffsets MAX_TIMESTAMP, -3); the first such
+    /// record when several share it.
+    pub fn max_timestamp(&self) -> Result<Option<TimestampLookup>> {
+        let (segments, log_start, hw) = self.visible_segments();
+        let mut best: Option<(i64, Arc<Segment>)> = None;
+        for seg in segments {
+            let (next, max_ts) = {
+                let st = seg.state();
+                (st.next_offset, st.max_timestamp)
+            };
+            if next <= log_start || seg.published_len() == 0 {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(t, _)| max_ts > *t) {
+                best = Some((max_ts, seg));
+            }
+        }
+        let Some((ts, seg)) = best else { return Ok(None) };
+        Ok(seg.find_by_timestamp(ts, hw)?.map(|b| lookup_in(b, ts, log_start)))
+    }
+
+    /// Queues a sync of everything appended so far; the future resolves when it is on disk.
+    pub fn flush(&self) -> Result<Durable> {
+        let (durable, done) = io::durable_pair();
+        self.io.submit(Op::Sync { log: self.progress.clone(), done: Some(done), then: None })?;
+        Ok(durable)
+    }
+
+    /// Advances the log start offset to `offset` (DeleteRecords). `offset` may not pass the
+    /// high watermark; a smaller offset than the current start changes nothing. Returns the new
+    /// log start offset, which is durable when this returns.
+    pub fn delete_records(&self, offset: i64) -> Result<i64> {
+        let mut inner = lock(&self.inner);
+        self.check_writable(&inner)?;
+        let hw = self.high_watermark_locked(&inner);
+        if offset > hw || offset < 0 {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: inner.log_start_offset,
+                log_end_offset: hw,
+            });
+        }
+        if offset > inner.log_start_offset {
+            self.set_log_start(&mut inner, offset)?;
+            self.delete_front(&mut inner, |_, _| false)?;
+        }
+        Ok(inner.log_start_offset)
+    }
+
+    fn set_log_start(&self, inner: &mut Inner, offset: i64) -> Result<()> {
+        let mut s = lock(&self.state);
+        s.log_start_offset = offset;
+        s.write(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
+        inner.log_start_offset = offset;
+        Ok(())
+    }
+
+    /// Deletes sealed segments from the front while they are wholly below the log start or
+    /// `expired(segment, bytes_remaining)` says so (and they are below the high watermark).
+    fn delete_front(
+        &self,
+        inner: &mut Inner,
+        expired: impl Fn(&Segment, u64) -> bool,
+    ) -> Result<RetentionResult> {
+        let mut result = RetentionResult::default();
+        let hw = self.high_watermark_locked(inner);
+        let mut total: u64 = inner.segments.values().map(|s| s.published_len()).sum();
+        let mut doomed = Vec::new();
+        for (i, seg) in inner.segments.values().enumerate() {
+            if i + 1 == inner.segments.len() {
+                break; // the active segment stays
+            }
+            let next = seg.state().next_offset;
+            if next > hw || !(next <= inner.log_start_offset || expired(seg, total)) {
+                break;
+            }
+            total -= seg.published_len();
+            doomed.push(seg.clone());
+        }
+        if doomed.is_empty() {
+            result.log_start_offset = inner.log_start_offset;
+            return Ok(result);
+        }
+        for seg in &doomed {
+            inner.segments.remove(&seg.base_offset);
+        }
+        let first = *inner.segments.keys().next().unwrap_or(&inner.log_end_offset);
+        if first > inner.log_start_offset {
+            self.set_log_start(inner, first)?;
+        }
+        for seg in doomed {
+            result.segments_deleted += 1;
+            result.bytes_deleted += seg.published_len();
+            seg.delete_files(&self.dir).map_err(|e| StorageError::io(&seg.log_path, e))?;
+        }
+        checkpoint::sync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
+        result.log_start_offset = inner.log_start_offset;
+        Ok(result)
+    }
+
+    /// Applies `retention.ms` and `retention.bytes` at time `now_ms`: whole segments are deleted
+    /// from the front and the log start offset advances. When every record is expired, the
+    /// active segment is rolled so it can go too, as Kafka does.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionResult> {
+        let mut inner = lock(&self.inner);
+        self.check_writable(&inner)?;
+        let config = inner.config.clone();
+        let expired = |seg: &Segment, total: u64| {
+            let max_ts = seg.state().max_timestamp;
+            (config.retention_ms >= 0 && now_ms.saturating_sub(max_ts) > config.retention_ms)
+                || (config.retention_bytes >= 0
+                    && total.saturating_sub(seg.published_len()) >= config.retention_bytes as u64)
+        };
+        let active = self.active(&inner);
+        let active_expired = {
+            let st = active.state();
+            st.reserved_len > 0
+                && st.next_offset <= self.high_watermark_locked(&inner)
+                && config.retention_ms >= 0
+                && now_ms.saturating_sub(st.max_timestamp) > config.retention_ms
+        };
+        if active_expired {
+            self.roll_locked(&mut inner)?;
+        }
+        self.delete_front(&mut inner, expired)
+    }
+
+    /// Syncs everything, trims the active segment's indexes and writes the clean-shutdown
+    /// marker, so that the next open skips recovery. Further appends fail with `Closed`.
+    pub fn close(&self) -> Result<()> {
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Ok(());
+        }
+        inner.closed = true;
+        let (durable, done) = io::durable_pair();
+        self.io.submit(Op::Sync { log: self.progress.clone(), done: Some(done), then: None })?;
+        durable.wait()?;
+        if self.progress.write_failed.load(Ordering::Acquire) || self.io.health().is_failed() {
+            return Err(self.io.health().error());
+        }
+        let active = self.active(&inner);
+        active.trim_indexes().map_err(|e| StorageError::io(&active.log_path, e))?;
+        let mut s = lock(&self.state);
+        s.clean = true;
+        s.recovery_point = inner.log_end_offset;
+        s.write(&self.dir).map_err(|e| StorageError::io(&self.dir, e))
+    }
+}
+
+fn lookup_in(batch: Bytes, timestamp: i64, log_start: i64) -> TimestampLookup {
+    let record =
+        batch::first_record_at_or_after(&batch, timestamp).and_then(|r| r).map(|(offset, ts)| {
+            if offset < log_start {
+                (log_start, ts)
+            } else {
+                (offset, ts)
+            }
+        });
+    let compressed =
+        BatchHeader::parse(&batch).is_some_and(|h| h.compression() != 0 && !h.is_log_append_time());
+    TimestampLookup { batch, record: if compressed { None } else { record } }
+}
+
+/// Lists segment base offsets in a partition directory and removes leftovers: temp files and
+/// index files without a `.log`.
+fn scan_dir(dir: &Path) -> Result<Vec<i64>> {
+    let mut logs = Vec::new();
+    let mut indexes = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        let Some((stem, ext)) = name.split_once('.') else { continue };
+        let Ok(base) = stem.parse::<i64>() else { continue };
+        if stem.len() != 20 {
+            continue;
+        }
+        match ext {
+            "log" => logs.push(base),
+            "index" | "timeindex" => indexes.push((base, entry.path())),
+            _ => {}
+        }
+    }
+    logs.sort_unstable();
+    for (base, path) in indexes {
+        if logs.binary_search(&base).is_err() {
+            tracing::info!(file = %path.display(), "removing an index without its segment");
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(logs)
+}

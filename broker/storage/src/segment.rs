@@ -1,0 +1,592 @@
+//! One segment of a partition log: a `.log` file of v2 record batches and its two sparse indexes,
+//! all named by the segment's base offset in 20 digits (`00000000000000000000.log`).
+//!
+//! Writes do not happen here: the log reserves a file position under its lock
+//! ([`Segment::reserve`]) and the log directory's I/O thread writes the bytes, then publishes the
+//! new readable length ([`Segment::publish`]). Readers only ever look at the published prefix,
+//! through a read-only map of the file that is re-made larger when more has been published; the
+//! `Bytes` handed out keep their map alive, so they stay valid after a roll, a retention delete
+//! (unlinking does not unmap) or a later remap.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use memmap2::{Mmap, MmapOptions};
+
+use crate::batch::{self, BatchHeader};
+use crate::config::LogConfig;
+use crate::error::{Result, StorageError};
+use crate::index::{IndexFile, OffsetIndex, TimeIndex, OFFSET_ENTRY, TIME_ENTRY};
+
+/// File name stem of a segment: its base offset in 20 digits, as Kafka names them.
+pub(crate) fn file_stem(base_offset: i64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// What recovery cut from a segment's tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub segment_base_offset: i64,
+    /// File position the segment was cut at.
+    pub position: u64,
+    pub bytes: u64,
+    /// First offset of the batch that was cut, when its header was readable.
+    pub first_offset_cut: Option<i64>,
+    pub reason: String,
+}
+
+/// Append-side state and the indexes, behind one lock.
+#[derive(Debug)]
+pub(crate) struct SegmentState {
+    pub(crate) offset_index: OffsetIndex,
+    pub(crate) time_index: TimeIndex,
+    /// Bytes handed to appends; at least the published length.
+    pub(crate) reserved_len: u64,
+    /// One past the last offset appended to this segment (the base offset when empty).
+    pub(crate) next_offset: i64,
+    /// Largest batch max timestamp in the segment; -1 when empty.
+    pub(crate) max_timestamp: i64,
+    /// Base offset of the first batch that reached `max_timestamp`.
+    pub(crate) offset_of_max_timestamp: i64,
+    bytes_since_index: u64,
+    /// When the first batch was appended (wall clock, ms), for `segment.ms`.
+    pub(crate) first_append_ms: Option<i64>,
+    pub(crate) sealed: bool,
+}
+
+/// See the module comment.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base_offset: i64,
+    pub(crate) log_path: PathBuf,
+    pub(crate) file: Arc<File>,
+    published_len: AtomicU64,
+    view: RwLock<Bytes>,
+    state: Mutex<SegmentState>,
+}
+
+/// Paths of a segment's three files.
+pub(crate) fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
+    let stem = file_stem(base_offset);
+    (
+        dir.join(format!("{stem}.log")),
+        dir.join(format!("{stem}.index")),
+        dir.join(format!("{stem}.timeindex")),
+    )
+}
+
+/// Batch headers of `data` from `pos`, stopping at the first that is not whole.
+struct Batches<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Iterator for Batches<'_> {
+    type Item = (usize, BatchHeader, usize);
+    fn next(&mut self) -> Option<Self::Item> {
+        let h = BatchHeader::parse(self.data.get(self.pos..)?)?;
+        let len = h.total_len()?;
+        if self.pos + len > self.data.len() {
+            return None;
+        }
+        let at = self.pos;
+        self.pos += len;
+        Some((at, h, len))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic while holding it, which is a bug elsewhere; the data it
+    // guards is still consistent for our purposes (every mutation is a single step).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Segment {
+    /// Creates a new empty segment (its files are truncated if they exist).
+    pub(crate) fn create(dir: &Path, base_offset: i64, config: &LogConfig) -> Result<Segment> {
+        let (log_path, index_path, time_path) = paths(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)
+            .map_err(|e| StorageError::io(&log_path, e))?;
+        let offset_index = OffsetIndex(
+            IndexFile::create(&index_path, OFFSET_ENTRY, config.segment_index_bytes)
+                .map_err(|e| StorageError::io(&index_path, e))?,
+        );
+        let time_index = TimeIndex(
+            IndexFile::create(&time_path, TIME_ENTRY, config.segment_index_bytes)
+                .map_err(|e| StorageError::io(&time_path, e))?,
+        );
+        Ok(Segment {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            published_len: AtomicU64::new(0),
+            view: RwLock::new(Bytes::new()),
+            state: Mutex::new(SegmentState {
+                offset_index,
+                time_index,
+                reserved_len: 0,
+                next_offset: base_offset,
+                max_timestamp: -1,
+                offset_of_max_timestamp: base_offset,
+                bytes_since_index: 0,
+                first_append_ms: None,
+                sealed: false,
+            }),
+        })
+    }
+
+    /// Opens an existing segment. With `recover`, every batch is checked (CRC included), a
+    /// torn or corrupt tail is cut off and both indexes are rebuilt; without it the trimmed
+    /// indexes are loaded and sanity-checked, and rebuilt (with the same full check) if they
+    /// fail. `sealed` says whether a later segment exists.
+    pub(crate) fn open(
+        dir: &Path,
+        base_offset: i64,
+        config: &LogConfig,
+        recover: bool,
+        sealed: bool,
+    ) -> Result<(Segment, Option<Truncation>)> {
+        let (log_path, index_path, time_path) = paths(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .map_err(|e| StorageError::io(&log_path, e))?;
+        let len = file.metadata().map_err(|e| StorageError::io(&log_path, e))?.len();
+        let loaded = if recover {
+            None
+        } else {
+            Self::load_indexes(&file, &index_path, &time_path, base_offset, len)
+                .map_err(|e| StorageError::io(&index_path, e))?
+        };
+        let (state, truncation, len) = match loaded {
+            Some(state) => (state, None, len),
+            None => {
+                if !recover {
+                    tracing::warn!(segment = %log_path.display(), "index missing or failed its sanity check; rebuilding it");
+                }
+                Self::rebuild(&file, &log_path, &index_path, &time_path, base_offset, len, config)?
+            }
+        };
+        let seg = Segment {
+            base_offset,
+            log_path,
+            file: Arc::new(file),
+            published_len: AtomicU64::new(len),
+            view: RwLock::new(Bytes::new()),
+            state: Mutex::new(state),
+        };
+        if sealed {
+            seg.seal().map_err(|e| StorageError::io(&index_path, e))?;
+        }
+        Ok((seg, truncation))
+    }
+
+    /// Loads trimmed indexes and derives the append state from them; `None` if they are
+    /// missing or insane.
+    fn load_indexes(
+        file: &File,
+        index_path: &Path,
+        time_path: &Path,
+        base_offset: i64,
+        len: u64,
+    ) -> io::Result<Option<SegmentState>> {
+        let Some(offset_index) = IndexFile::open_trimmed(index_path, OFFSET_ENTRY)? else {
+            return Ok(None);
+        };
+        let Some(time_index) = IndexFile::open_trimmed(time_path, TIME_ENTRY)? else {
+            return Ok(None);
+        };
+        let (offset_index, time_index) = (OffsetIndex(offset_index), TimeIndex(time_index));
+        if !offset_index.is_sane(len) {
+            return Ok(None);
+        }
+        // Find the last batch by scanning headers from the last offset index entry.
+        let map = map_file(file, len)?;
+        let data: &[u8] = map.as_deref().unwrap_or(&[]);
+        let start = match offset_index.lookup(u32::MAX) {
+            Some((rel, pos)) => {
+                // The entry must point at a batch with that base offset.
+                match BatchHeader::parse(&data[pos as usize..]) {
+                    Some(h) if h.base_offset == base_offset + i64::from(rel) => pos as usize,
+                    _ => return Ok(None),
+                }
+            }
+            None => 0,
+        };
+        let mut it = Batches { data, pos: start };
+        let mut next_offset = base_offset;
+        let mut last_ts = -1;
+        let mut last_base = base_offset;
+        for (_, h, _) in it.by_ref() {
+            if h.base_offset < next_offset || h.last_offset() < h.base_offset {
+                return Ok(None);
+            }
+            next_offset = h.last_offset() + 1;
+            last_ts = h.max_timestamp;
+            last_base = h.base_offset;
+        }
+        if it.pos as u64 != len {
+            return Ok(None); // trailing bytes: not a clean segment
+        }
+        if !time_index.is_sane((next_offset - base_offset) as u64) {
+            return Ok(None);
+        }
+        let (max_timestamp, offset_of_max_timestamp) = match time_index.last() {
+            Some((t, o)) if t >= last_ts => (t, base_offset + i64::from(o)),
+            _ if len > 0 => (last_ts, last_base),
+            _ => (-1, base_offset),
+        };
+        Ok(Some(SegmentState {
+            offset_index,
+            time_index,
+            reserved_len: len,
+            next_offset,
+            max_timestamp,
+            offset_of_max_timestamp,
+            bytes_since_index: 0,
+            first_append_ms: (len > 0).then_some(max_timestamp),
+            sealed: false,
+        }))
+    }
+
+    /// Full scan: checks every batch, cuts the file at the first bad one, rebuilds indexes.
+    fn rebuild(
+        file: &File,
+        log_path: &Path,
+        index_path: &Path,
+        time_path: &Path,
+        base_offset: i64,
+        len: u64,
+        config: &LogConfig,
+    ) -> Result<(SegmentState, Option<Truncation>, u64)> {
+        let offset_index = OffsetIndex(
+            IndexFile::create(index_path, OFFSET_ENTRY, config.segment_index_bytes)
+                .map_err(|e| StorageError::io(index_path, e))?,
+        );
+        let time_index = TimeIndex(
+            IndexFile::create(time_path, TIME_ENTRY, config.segment_index_bytes)
+                .map_err(|e| StorageError::io(time_path, e))?,
+        );
+        let mut state = SegmentState {
+            offset_index,
+            time_index,
+            reserved_len: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offset_of_max_timestamp: base_offset,
+            bytes_since_index: 0,
+            first_append_ms: None,
+            sealed: false,
+        };
+        let map = map_file(file, len).map_err(|e| StorageError::io(log_path, e))?;
+        let data: &[u8] = map.as_deref().unwrap_or(&[]);
+        let mut pos = 0usize;
+        let mut bad: Option<(Option<i64>, String)> = None;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            let Some(h) = BatchHeader::parse(rest) else {
+                bad = Some((None, format!("{} bytes are less than a batch header", rest.len())));
+                break;
+            };
+            let why = match h.total_len() {
+                _ if h.magic != batch::MAGIC_V2 => Some(format!("magic {}", h.magic)),
+                None => Some(format!("batchLength {}", h.batch_length)),
+                Some(n) if n > rest.len() => {
+                    Some(format!("batch of {n} bytes but only {} on disk (torn write)", rest.len()))
+                }
+                Some(n) if batch::compute_crc(&rest[..n]) != h.crc => {
+                    Some("CRC-32C mismatch".to_string())
+                }
+                Some(_) if h.base_offset < state.next_offset => Some(format!(
+                    "base offset {} is below the expected {}",
+                    h.base_offset, state.next_offset
+                )),
+                Some(_)
+                    if h.last_offset_delta < 0
+                        || h.last_offset() - base_offset > i64::from(u32::MAX) =>
+                {
+                    Some(format!("lastOffsetDelta {}", h.last_offset_delta))
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                bad = Some((Some(h.base_offset), why));
+                break;
+            }
+            let n = h.total_len().unwrap_or(0);
+            let rel = (h.base_offset - base_offset) as u32;
+            state.index_batch(rel, pos as u64, n as u64, h.max_timestamp, h.base_offset, config);
+            state.next_offset = h.last_offset() + 1;
+            pos += n;
+        }
+        drop(map);
+        state.reserved_len = pos as u64;
+        state.first_append_ms = (pos > 0).then_some(state.max_timestamp);
+        let truncation = match bad {
+            Some((first_offset_cut, reason)) => {
+                file.set_len(pos as u64).map_err(|e| StorageError::io(log_path, e))?;
+                Some(Truncation {
+                    segment_base_offset: base_offset,
+                    position: pos as u64,
+                    bytes: len - pos as u64,
+                    first_offset_cut,
+                    reason,
+                })
+            }
+            None => None,
+        };
+        Ok((state, truncation, pos as u64))
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, SegmentState> {
+        lock(&self.state)
+    }
+
+    /// Bytes written and readable.
+    pub(crate) fn published_len(&self) -> u64 {
+        self.published_len.load(Ordering::Acquire)
+    }
+
+    /// Makes `[0, len)` readable; called by the I/O thread once the write completed.
+    pub(crate) fn publish(&self, len: u64) {
+        self.published_len.fetch_max(len, Ordering::AcqRel);
+    }
+
+    /// Cuts the file back to `len` after a failed write. Maps cover at most the published
+    /// length, which is never more than `len`, so no reader can touch the cut part.
+    pub(crate) fn truncate_after_failure(&self, len: u64) -> io::Result<()> {
+        debug_assert!(len >= self.published_len());
+        self.file.set_len(len)
+    }
+
+    /// A `Bytes` over at least the first `upto` published bytes, sharing the file's map.
+    fn view(&self, upto: u64) -> Result<Bytes> {
+        {
+            let v = self.view.read().unwrap_or_else(|e| e.into_inner());
+            if v.len() as u64 >= upto {
+                return Ok(v.clone());
+            }
+        }
+        let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+        if v.len() as u64 >= upto {
+            return Ok(v.clone());
+        }
+        let len = self.published_len();
+        debug_assert!(upto <= len);
+        let map = map_file(&self.file, len).map_err(|e| StorageError::io(&self.log_path, e))?;
+        *v = match map {
+            Some(m) => Bytes::from_owner(m),
+            None => Bytes::new(),
+        };
+        Ok(v.clone())
+    }
+
+    /// Position of the batch holding `offset` (or the first after it), scanning forward from
+    /// the index's hint. An index entry that does not point at the batch it names (a corrupt
+    /// index) is ignored and the scan starts at the segment's beginning.
+    fn position_of(&self, data: &[u8], offset: i64) -> Option<(usize, BatchHeader, usize)> {
+        let rel = u32::try_from((offset - self.base_offset).max(0)).unwrap_or(u32::MAX);
+        let hint = self.state().offset_index.lookup(rel);
+        let mut start = 0usize;
+        if let Some((r, p)) = hint {
+            match data.get(p as usize..).and_then(BatchHeader::parse) {
+                Some(h) if h.base_offset == self.base_offset + i64::from(r) => start = p as usize,
+                _ => {
+                    tracing::warn!(segment = %self.log_path.display(), entry_offset = r, entry_position = p,
+                    "offset index entry does not match the log; scanning from the segment start")
+                }
+            }
+        }
+        Batches { data, pos: start }.find(|(_, h, _)| h.last_offset() >= offset)
+    }
+
+    /// Whole batches starting with the one that holds `offset` (or the first after it), below
+    /// `end_offset`, up to `max_bytes` (at least one batch when `min_one`).
+    pub(crate) fn read(
+        &self,
+        offset: i64,
+        end_offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Bytes> {
+        let len = self.published_len();
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let view = self.view(len)?;
+        let data = &view[..len as usize];
+        let Some((start, h, n)) = self.position_of(data, offset) else {
+            return Ok(Bytes::new());
+        };
+        if h.base_offset >= end_offset || (n > max_bytes && !min_one) {
+            return Ok(Bytes::new());
+        }
+        let mut end = start + n;
+        for (pos, h, n) in (Batches { data, pos: end }) {
+            if h.base_offset >= end_offset || pos + n - start > max_bytes {
+                break;
+            }
+            end = pos + n;
+        }
+        Ok(view.slice(start..end))
+    }
+
+    /// The first batch below `end_offset` whose max timestamp is `>= timestamp`.
+    pub(crate) fn find_by_timestamp(
+        &self,
+        timestamp: i64,
+        end_offset: i64,
+    ) -> Result<Option<Bytes>> {
+        let len = self.published_len();
+        if len == 0 {
+            return Ok(None);
+        }
+        let start_offset = match self.state().time_index.lookup(timestamp) {
+            Some((_, rel)) => self.base_offset + i64::from(rel),
+            None => self.base_offset,
+        };
+        if start_offset >= end_offset {
+            return Ok(None);
+        }
+        let view = self.view(len)?;
+        let data = &view[..len as usize];
+        let Some((start, _, _)) = self.position_of(data, start_offset) else { return Ok(None) };
+        for (pos, h, n) in (Batches { data, pos: start }) {
+            if h.base_offset >= end_offset {
+                break;
+            }
+            if h.max_timestamp >= timestamp {
+                return Ok(Some(view.slice(pos..pos + n)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reserves file space for one batch and indexes it; the caller writes the bytes.
+    pub(crate) fn reserve(
+        st: &mut SegmentState,
+        base_offset: i64,
+        batch_base: i64,
+        batch_last: i64,
+        len: u64,
+        max_timestamp: i64,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> u64 {
+        let pos = st.reserved_len;
+        let rel = (batch_base - base_offset) as u32;
+        st.index_batch(rel, pos, len, max_timestamp, batch_base, config);
+        st.reserved_len += len;
+        st.next_offset = batch_last + 1;
+        st.first_append_ms.get_or_insert(now_ms);
+        pos
+    }
+
+    /// Writes the final time index entry and trims both indexes: the segment takes no more
+    /// appends.
+    pub(crate) fn seal(&self) -> io::Result<()> {
+        let mut st = self.state();
+        if st.sealed {
+            return Ok(());
+        }
+        if st.reserved_len > 0 {
+            let (t, o) = (st.max_timestamp, (st.offset_of_max_timestamp - self.base_offset) as u32);
+            st.time_index.maybe_push(t, o);
+        }
+        st.offset_index.0.trim()?;
+        st.time_index.0.trim()?;
+        st.sealed = true;
+        Ok(())
+    }
+
+    /// Trims the indexes of the active segment at a clean close, keeping it appendable on the
+    /// next open (indexes are preallocated again then).
+    pub(crate) fn trim_indexes(&self) -> io::Result<()> {
+        let mut st = self.state();
+        st.offset_index.0.trim()?;
+        st.time_index.0.trim()
+    }
+
+    /// Preallocates the (trimmed) indexes again so the active segment can take appends.
+    pub(crate) fn reopen_for_append(&self, config: &LogConfig) -> Result<()> {
+        let mut st = self.state();
+        st.offset_index
+            .0
+            .grow(config.segment_index_bytes)
+            .map_err(|e| StorageError::io(&self.log_path, e))?;
+        st.time_index
+            .0
+            .grow(config.segment_index_bytes)
+            .map_err(|e| StorageError::io(&self.log_path, e))?;
+        st.sealed = false;
+        Ok(())
+    }
+
+    /// Removes the segment's files. Readers holding slices keep their maps.
+    pub(crate) fn delete_files(&self, dir: &Path) -> io::Result<()> {
+        let (log, index, time) = paths(dir, self.base_offset);
+        for p in [log, index, time] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SegmentState {
+    /// Adds index entries for a batch at `pos` when `index.interval.bytes` have passed, and
+    /// tracks the max timestamp.
+    fn index_batch(
+        &mut self,
+        rel: u32,
+        pos: u64,
+        len: u64,
+        max_timestamp: i64,
+        batch_base: i64,
+        config: &LogConfig,
+    ) {
+        if self.bytes_since_index >= config.index_interval_bytes && pos > 0 {
+            // A full index makes the log roll before the next append (see `Log::needs_roll`).
+            self.offset_index.push(rel, pos as u32);
+            let segment_base = batch_base - i64::from(rel);
+            let max_rel = (self.offset_of_max_timestamp - segment_base) as u32;
+            self.time_index.maybe_push(self.max_timestamp, max_rel);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += len;
+        if max_timestamp > self.max_timestamp {
+            self.max_timestamp = max_timestamp;
+            self.offset_of_max_timestamp = batch_base;
+        }
+    }
+
+    pub(crate) fn indexes_full(&self) -> bool {
+        self.offset_index.0.is_full() || self.time_index.0.is_full()
+    }
+}
+
+/// A read-only map of the first `len` bytes of `file`, `None` for an empty file.
+fn map_file(file: &File, len: u64) -> io::Result<Option<Mmap>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: `len` never exceeds the file's size: it is the published length or the size just
+    // read at open, and a log file is only truncated at open (before any map exists) or after a
+    // failed write down to a length no map extends past. Nothing else writes inside the
+    // published range, so the mapped bytes do not change under readers.
+    let map = unsafe { MmapOptions::new().len(len as usize).map(file)? };
+    Ok(Some(map))
+}
