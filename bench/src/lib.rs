@@ -1,1 +1,348 @@
-//! placeholder
+//! Shared pieces of Millrace's storage benchmarks (`benches/storage_log.rs`): the record batches
+//! they append, the log configuration they use, the "plain file" baselines they compare against,
+//! and the bookkeeping that keeps a long benchmark from filling the disk.
+//!
+//! Every log figure in the benchmarks has a baseline partner that moves the same bytes through
+//! the same file system with plain system calls (`write` + `fdatasync`, `pread`), so a result
+//! reads as "the log reaches x% of what the disk and kernel give a trivial program".
+//!
+//! Sizes follow Kafka's usual producer settings: records of 1 KiB ([`RECORD_BYTES`]) in batches
+//! of 16 KiB (`batch.size` default) or 1 MiB (a large, throughput-tuned producer).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use millrace_storage::batch::{BatchBuilder, BatchHeader, Record};
+use millrace_storage::{Log, LogConfig, LogDir};
+
+/// Value size of every record the append and read benchmarks write.
+pub const RECORD_BYTES: usize = 1024;
+/// Payload of a "small" producer batch: 16 records of 1 KiB.
+pub const SMALL_BATCH_PAYLOAD: usize = 16 * 1024;
+/// Payload of a "large" producer batch: 1024 records of 1 KiB.
+pub const LARGE_BATCH_PAYLOAD: usize = 1024 * 1024;
+/// `segment.bytes` of the benchmark logs: large enough that rolling is rare.
+pub const SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+/// `max.message.bytes` of the benchmark logs: room for a 1 MiB batch and its overhead.
+pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Bytes a benchmark lets one writer (a log or a baseline file) hold before starting afresh.
+pub const DISK_CAP_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// One uncompressed v2 batch of `payload_bytes / RECORD_BYTES` records (at least one), each with
+/// a [`RECORD_BYTES`]-byte value and timestamp `timestamp_ms`. The batch is a little larger than
+/// `payload_bytes`: 61 bytes of header and a few bytes of framing per record.
+pub fn record_batch(payload_bytes: usize, timestamp_ms: i64) -> Vec<u8> {
+    let records = (payload_bytes / RECORD_BYTES).max(1);
+    let mut b = BatchBuilder::new();
+    let mut value = vec![0u8; RECORD_BYTES];
+    for i in 0..records {
+        // Not all zeroes, and not the same in every record: nothing downstream should be able
+        // to shortcut a page of identical bytes.
+        let seed = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for (j, chunk) in value.chunks_mut(8).enumerate() {
+            let v = seed.wrapping_add(j as u64).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        b.value(timestamp_ms, &value);
+    }
+    b.build()
+}
+
+/// A batch of `records` records of `value_bytes` each, the i-th stamped `first_timestamp_ms + i`.
+/// Used to fill the logs the lookup benchmarks search.
+pub fn small_batch(records: usize, value_bytes: usize, first_timestamp_ms: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    for i in 0..records {
+        let value = vec![(i as u8).wrapping_add(first_timestamp_ms as u8); value_bytes];
+        b.push(Record {
+            timestamp: first_timestamp_ms + i as i64,
+            value: Some(value),
+            ..Record::default()
+        });
+    }
+    b.build()
+}
+
+/// The topic config of every benchmark log: Kafka's defaults and Millrace's `flush.messages=1`
+/// (every append group-committed), with [`SEGMENT_BYTES`] segments, [`MAX_MESSAGE_BYTES`]
+/// batches allowed, and no time-based retention or rolling to interfere.
+pub fn bench_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: SEGMENT_BYTES,
+        segment_ms: i64::MAX,
+        retention_ms: -1,
+        retention_bytes: -1,
+        max_message_bytes: MAX_MESSAGE_BYTES,
+        ..LogConfig::default()
+    }
+}
+
+/// Where benchmark files go: `$MILLRACE_BENCH_DIR`, else `$CARGO_TARGET_DIR`, else the
+/// workspace's `target/`. Baselines and logs share it, so both hit the same file system.
+pub fn bench_root() -> PathBuf {
+    for var in ["MILLRACE_BENCH_DIR", "CARGO_TARGET_DIR"] {
+        if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return PathBuf::from(dir);
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+}
+
+/// The header of the last whole batch in `records` (as returned by [`Log::read`]), found by
+/// walking the batch headers from the start.
+pub fn last_batch_header(records: &[u8]) -> Option<BatchHeader> {
+    let mut pos = 0usize;
+    let mut last = None;
+    while let Some(h) = records.get(pos..).and_then(BatchHeader::parse) {
+        let len = h.total_len()?;
+        if pos + len > records.len() {
+            break;
+        }
+        last = Some(h);
+        pos += len;
+    }
+    last
+}
+
+/// Something a benchmark writes to until it holds too much, then starts afresh.
+pub trait Sink {
+    /// Bytes it holds now.
+    fn stored_bytes(&self) -> u64;
+    /// Throws everything away and starts empty.
+    fn recycle(&mut self) -> std::io::Result<()>;
+}
+
+/// Runs `iters` iterations of a write benchmark and returns the time they took, keeping `sink`
+/// under `cap` bytes: iterations run in chunks that fit under the cap, `chunk(sink, n)` runs `n`
+/// of them and must leave them complete (durable, where that is what is measured), and `sink` is
+/// recycled between chunks with the clock stopped.
+pub fn timed_in_chunks<S: Sink>(
+    sink: &mut S,
+    iters: u64,
+    bytes_per_iter: u64,
+    cap: u64,
+    mut chunk: impl FnMut(&mut S, u64),
+) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    let mut remaining = iters;
+    while remaining > 0 {
+        if sink.stored_bytes() + bytes_per_iter > cap {
+            sink.recycle().expect("recycling a benchmark sink");
+        }
+        let room = cap.saturating_sub(sink.stored_bytes()) / bytes_per_iter.max(1);
+        let n = remaining.min(room.max(1));
+        let start = Instant::now();
+        chunk(sink, n);
+        elapsed += start.elapsed();
+        remaining -= n;
+    }
+    elapsed
+}
+
+/// Several sinks written at the same rate (one per writer thread): full when the fullest is,
+/// recycled together.
+impl<S: Sink> Sink for Vec<S> {
+    fn stored_bytes(&self) -> u64 {
+        self.iter().map(Sink::stored_bytes).max().unwrap_or(0)
+    }
+    fn recycle(&mut self) -> std::io::Result<()> {
+        self.iter_mut().try_for_each(Sink::recycle)
+    }
+}
+
+/// A partition log in a [`LogDir`] that is deleted and created anew when recycled.
+#[derive(Debug)]
+pub struct LogSink<'d> {
+    dir: &'d LogDir,
+    topic: String,
+    partition: i32,
+    config: LogConfig,
+    log: Option<Log>,
+}
+
+impl<'d> LogSink<'d> {
+    /// Opens (creating) `topic-partition` in `dir`, emptied first if it holds anything.
+    pub fn open(dir: &'d LogDir, topic: &str, partition: i32, config: LogConfig) -> Self {
+        let mut sink = LogSink { dir, topic: topic.to_string(), partition, config, log: None };
+        sink.reopen().expect("opening a benchmark log");
+        if sink.stored_bytes() > 0 {
+            sink.recycle().expect("emptying a benchmark log");
+        }
+        sink
+    }
+
+    fn reopen(&mut self) -> std::io::Result<()> {
+        let log = self
+            .dir
+            .open_log(&self.topic, self.partition, self.config.clone())
+            .map_err(std::io::Error::other)?;
+        self.log = Some(log);
+        Ok(())
+    }
+
+    pub fn log(&self) -> &Log {
+        self.log.as_ref().expect("a benchmark log is open between recycles")
+    }
+}
+
+impl Sink for LogSink<'_> {
+    fn stored_bytes(&self) -> u64 {
+        self.log().size_bytes()
+    }
+    fn recycle(&mut self) -> std::io::Result<()> {
+        if let Some(log) = self.log.take() {
+            self.dir.delete_log(log).map_err(std::io::Error::other)?;
+        }
+        self.reopen()
+    }
+}
+
+impl Drop for LogSink<'_> {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let _ = self.dir.delete_log(log);
+        }
+    }
+}
+
+/// The baseline writer: a plain file written sequentially with `write_all`, made durable with
+/// `sync_data` (`fdatasync`), and removed and created anew when recycled.
+#[derive(Debug)]
+pub struct BaselineFile {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl BaselineFile {
+    /// Creates (truncating) the file at `path`.
+    pub fn create(path: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let path = path.into();
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        Ok(BaselineFile { path, file, len: 0 })
+    }
+
+    /// `write_all` at the end of the file.
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(data)?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// `fdatasync`.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Sink for BaselineFile {
+    fn stored_bytes(&self) -> u64 {
+        self.len
+    }
+    fn recycle(&mut self) -> std::io::Result<()> {
+        std::fs::remove_file(&self.path)?;
+        *self = BaselineFile::create(self.path.clone())?;
+        Ok(())
+    }
+}
+
+impl Drop for BaselineFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Reads `len` bytes at `position` of `file` into `buf` (resized to `len`) with `pread`.
+pub fn pread_exact(file: &File, buf: &mut Vec<u8>, position: u64, len: usize) {
+    buf.resize(len, 0);
+    file.read_exact_at(buf, position).expect("pread of a baseline file");
+}
+
+/// A small, fast, deterministic pseudo-random generator (SplitMix64) for picking lookup keys;
+/// the benchmarks need reproducible keys, not good randomness.
+#[derive(Debug, Clone)]
+pub struct KeyGen(u64);
+
+impl KeyGen {
+    pub fn new(seed: u64) -> Self {
+        KeyGen(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `[lo, hi)`; `hi > lo`.
+    pub fn in_range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % (hi - lo) as u64) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use millrace_storage::batch;
+
+    #[test]
+    fn batches_have_the_intended_size_and_validate() {
+        for payload in [SMALL_BATCH_PAYLOAD, LARGE_BATCH_PAYLOAD] {
+            let b = record_batch(payload, 1_000);
+            let h = BatchHeader::parse(&b).unwrap();
+            assert_eq!(h.record_count as usize, payload / RECORD_BYTES);
+            assert!(b.len() > payload && b.len() < payload + payload / 64 + 64, "{}", b.len());
+            assert!(b.len() <= MAX_MESSAGE_BYTES);
+            batch::validate(&b, MAX_MESSAGE_BYTES).unwrap();
+        }
+        let s = small_batch(4, 64, 7);
+        let h = BatchHeader::parse(&s).unwrap();
+        assert_eq!((h.base_timestamp, h.max_timestamp, h.record_count), (7, 10, 4));
+    }
+
+    #[test]
+    fn last_batch_header_walks_to_the_last_whole_batch() {
+        let a = small_batch(2, 10, 100);
+        let b = small_batch(3, 10, 200);
+        let mut both = a.clone();
+        both.extend_from_slice(&b);
+        assert_eq!(last_batch_header(&both).unwrap().max_timestamp, 202);
+        assert_eq!(last_batch_header(&both[..both.len() - 1]).unwrap().max_timestamp, 101);
+        assert!(last_batch_header(&[]).is_none());
+    }
+
+    #[test]
+    fn chunks_stay_under_the_cap() {
+        struct Counter {
+            stored: u64,
+            recycles: u32,
+        }
+        impl Sink for Counter {
+            fn stored_bytes(&self) -> u64 {
+                self.stored
+            }
+            fn recycle(&mut self) -> std::io::Result<()> {
+                self.stored = 0;
+                self.recycles += 1;
+                Ok(())
+            }
+        }
+        let mut c = Counter { stored: 0, recycles: 0 };
+        let mut ran = 0;
+        timed_in_chunks(&mut c, 25, 10, 100, |c, n| {
+            c.stored += 10 * n;
+            assert!(c.stored <= 100);
+            ran += n;
+        });
+        assert_eq!((ran, c.recycles), (25, 2));
+    }
+}

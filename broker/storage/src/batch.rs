@@ -292,14 +292,20 @@ fn record_at(body: &[u8], at: &mut usize) -> Option<RecordInfo> {
     Some(RecordInfo { offset_delta, timestamp_delta })
 }
 
-/// For an uncompressed batch, `(offset, timestamp)` of the first record whose timestamp is
-/// `>= target` (`Some(None)` when no record qualifies); `None` when the batch is compressed and
-/// the caller must decompress it to know. With LogAppendTime every record carries the batch's
-/// `maxTimestamp`.
-pub fn first_record_at_or_after(batch: &[u8], target: i64) -> Option<Option<(i64, i64)>> {
+/// For an uncompressed batch, `(offset, timestamp)` of the first record at or after
+/// `min_offset` whose timestamp is `>= target` (`Some(None)` when no record qualifies); `None`
+/// when the batch is compressed and the caller must decompress it to know. With LogAppendTime
+/// every record carries the batch's `maxTimestamp`.
+pub fn first_record_at_or_after(
+    batch: &[u8],
+    target: i64,
+    min_offset: i64,
+) -> Option<Option<(i64, i64)>> {
     let h = BatchHeader::parse(batch)?;
     if h.is_log_append_time() {
-        return Some((h.max_timestamp >= target).then_some((h.base_offset, h.max_timestamp)));
+        let offset = h.base_offset.max(min_offset);
+        let hit = h.max_timestamp >= target && offset <= h.last_offset();
+        return Some(hit.then_some((offset, h.max_timestamp)));
     }
     if h.compression() != 0 {
         return None;
@@ -309,7 +315,7 @@ pub fn first_record_at_or_after(batch: &[u8], target: i64) -> Option<Option<(i64
     for _ in 0..h.record_count {
         let r = record_at(body, &mut at)?;
         let ts = h.base_timestamp + r.timestamp_delta;
-        if ts >= target {
+        if ts >= target && h.base_offset + r.offset_delta >= min_offset {
             return Some(Some((h.base_offset + r.offset_delta, ts)));
         }
     }
@@ -458,9 +464,10 @@ mod tests {
         let h = BatchHeader::parse(&b).unwrap();
         assert_eq!(h.last_offset_delta, 2);
         assert_eq!(h.total_len(), Some(b.len()));
-        assert_eq!(first_record_at_or_after(&b, 1001), Some(Some((1, 1005))));
-        assert_eq!(first_record_at_or_after(&b, 1006), Some(None));
-        assert_eq!(first_record_at_or_after(&b, 0), Some(Some((0, 1000))));
+        assert_eq!(first_record_at_or_after(&b, 1001, 0), Some(Some((1, 1005))));
+        assert_eq!(first_record_at_or_after(&b, 1006, 0), Some(None));
+        assert_eq!(first_record_at_or_after(&b, 0, 0), Some(Some((0, 1000))));
+        assert_eq!(first_record_at_or_after(&b, 0, 2), Some(Some((2, 1002))));
     }
 
     #[test]
@@ -524,7 +531,7 @@ mod tests {
         assert_eq!((h.base_offset, h.partition_leader_epoch), (42, 3));
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, 99_999);
-        assert_eq!(first_record_at_or_after(&b, 99_999), Some(Some((42, 99_999))));
+        assert_eq!(first_record_at_or_after(&b, 99_999, 0), Some(Some((42, 99_999))));
     }
 
     #[test]

@@ -649,13 +649,14 @@ fn round(
         }
         let written = p.log.written_end.load(Ordering::Acquire);
         p.log.durable_end.fetch_max(written, Ordering::AcqRel);
-        for w in p.waiters.drain(..) {
-            w.complete(Ok(()));
-        }
+        // Callbacks first: a waiter released here may rely on them having run.
         for f in p.after.drain(..) {
             if let Err(e) = f() {
                 health.fail(format!("checkpoint write failed: {e}"));
             }
+        }
+        for w in p.waiters.drain(..) {
+            w.complete(Ok(()));
         }
         p.log.notify();
     }

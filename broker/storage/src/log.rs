@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{self, BatchHeader};
+use crate::batch;
 use crate::checkpoint::{self, PartitionState};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{Result, StorageError};
@@ -488,8 +488,8 @@ impl Log {
         };
         let mut records = Bytes::new();
         for seg in segments {
-            records = seg.read(offset, high_watermark, max_bytes, min_one)?;
-            if !records.is_empty() {
+            if let Some(r) = seg.read(offset, high_watermark, max_bytes, min_one)? {
+                records = r;
                 break;
             }
         }
@@ -514,8 +514,8 @@ impl Log {
             if next <= log_start || max_ts < timestamp {
                 continue;
             }
-            if let Some(batch) = seg.find_by_timestamp(timestamp, hw)? {
-                return Ok(Some(lookup_in(batch, timestamp, log_start)));
+            if let Some((batch, record)) = seg.find_by_timestamp(timestamp, log_start, hw)? {
+                return Ok(Some(TimestampLookup { batch, record }));
             }
         }
         Ok(None)
@@ -539,7 +539,8 @@ impl Log {
             }
         }
         let Some((ts, seg)) = best else { return Ok(None) };
-        Ok(seg.find_by_timestamp(ts, hw)?.map(|b| lookup_in(b, ts, log_start)))
+        let found = seg.find_by_timestamp(ts, log_start, hw)?;
+        Ok(found.map(|(batch, record)| TimestampLookup { batch, record }))
     }
 
     /// Queues a sync of everything appended so far; the future resolves when it is on disk.
@@ -671,18 +672,20 @@ impl Log {
     }
 }
 
-fn lookup_in(batch: Bytes, timestamp: i64, log_start: i64) -> TimestampLookup {
-    let record =
-        batch::first_record_at_or_after(&batch, timestamp).and_then(|r| r).map(|(offset, ts)| {
-            if offset < log_start {
-                (log_start, ts)
-            } else {
-                (offset, ts)
+impl Drop for Log {
+    /// A log dropped without `close` stays marked unclean (the next open recovers it), but its
+    /// queued work, such as a recovery-point checkpoint after a roll, finishes first so that
+    /// nothing of this instance touches the directory after the drop.
+    fn drop(&mut self) {
+        let closed = lock(&self.inner).closed;
+        if !closed {
+            let (durable, done) = io::durable_pair();
+            let barrier = Op::Sync { log: self.progress.clone(), done: Some(done), then: None };
+            if self.io.submit(barrier).is_ok() {
+                let _ = durable.wait();
             }
-        });
-    let compressed =
-        BatchHeader::parse(&batch).is_some_and(|h| h.compression() != 0 && !h.is_log_append_time());
-    TimestampLookup { batch, record: if compressed { None } else { record } }
+        }
+    }
 }
 
 /// Lists segment base offsets in a partition directory and removes leftovers: temp files and

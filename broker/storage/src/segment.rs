@@ -223,17 +223,22 @@ impl Segment {
             }
             None => 0,
         };
+        // The time index holds the max timestamp up to its last entry; the batches scanned
+        // from the last offset index entry cover the rest.
+        let (mut max_timestamp, mut offset_of_max_timestamp) = match time_index.last() {
+            Some((t, o)) => (t, base_offset + i64::from(o)),
+            None => (-1, base_offset),
+        };
         let mut it = Batches { data, pos: start };
         let mut next_offset = base_offset;
-        let mut last_ts = -1;
-        let mut last_base = base_offset;
         for (_, h, _) in it.by_ref() {
             if h.base_offset < next_offset || h.last_offset() < h.base_offset {
                 return Ok(None);
             }
             next_offset = h.last_offset() + 1;
-            last_ts = h.max_timestamp;
-            last_base = h.base_offset;
+            if h.max_timestamp > max_timestamp {
+                (max_timestamp, offset_of_max_timestamp) = (h.max_timestamp, h.base_offset);
+            }
         }
         if it.pos as u64 != len {
             return Ok(None); // trailing bytes: not a clean segment
@@ -241,11 +246,6 @@ impl Segment {
         if !time_index.is_sane((next_offset - base_offset) as u64) {
             return Ok(None);
         }
-        let (max_timestamp, offset_of_max_timestamp) = match time_index.last() {
-            Some((t, o)) if t >= last_ts => (t, base_offset + i64::from(o)),
-            _ if len > 0 => (last_ts, last_base),
-            _ => (-1, base_offset),
-        };
         Ok(Some(SegmentState {
             offset_index,
             time_index,
@@ -411,25 +411,30 @@ impl Segment {
     }
 
     /// Whole batches starting with the one that holds `offset` (or the first after it), below
-    /// `end_offset`, up to `max_bytes` (at least one batch when `min_one`).
+    /// `end_offset`, up to `max_bytes` (at least one batch when `min_one`). `None` when this
+    /// segment has no batch at or after `offset` below `end_offset` (the caller moves on to the
+    /// next segment); an empty `Bytes` when the first batch does not fit the budget.
     pub(crate) fn read(
         &self,
         offset: i64,
         end_offset: i64,
         max_bytes: usize,
         min_one: bool,
-    ) -> Result<Bytes> {
+    ) -> Result<Option<Bytes>> {
         let len = self.published_len();
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok(None);
         }
         let view = self.view(len)?;
         let data = &view[..len as usize];
         let Some((start, h, n)) = self.position_of(data, offset) else {
-            return Ok(Bytes::new());
+            return Ok(None);
         };
-        if h.base_offset >= end_offset || (n > max_bytes && !min_one) {
-            return Ok(Bytes::new());
+        if h.base_offset >= end_offset {
+            return Ok(None);
+        }
+        if n > max_bytes && !min_one {
+            return Ok(Some(Bytes::new()));
         }
         let mut end = start + n;
         for (pos, h, n) in (Batches { data, pos: end }) {
@@ -438,15 +443,18 @@ impl Segment {
             }
             end = pos + n;
         }
-        Ok(view.slice(start..end))
+        Ok(Some(view.slice(start..end)))
     }
 
-    /// The first batch below `end_offset` whose max timestamp is `>= timestamp`.
+    /// The first record below `end_offset` and at or after `min_offset` whose timestamp is
+    /// `>= timestamp`: its batch, and `(offset, timestamp)` unless the batch is compressed (then
+    /// the caller decompresses it to pick the record).
     pub(crate) fn find_by_timestamp(
         &self,
         timestamp: i64,
+        min_offset: i64,
         end_offset: i64,
-    ) -> Result<Option<Bytes>> {
+    ) -> Result<Option<(Bytes, Option<(i64, i64)>)>> {
         let len = self.published_len();
         if len == 0 {
             return Ok(None);
@@ -454,7 +462,8 @@ impl Segment {
         let start_offset = match self.state().time_index.lookup(timestamp) {
             Some((_, rel)) => self.base_offset + i64::from(rel),
             None => self.base_offset,
-        };
+        }
+        .max(min_offset);
         if start_offset >= end_offset {
             return Ok(None);
         }
@@ -465,8 +474,14 @@ impl Segment {
             if h.base_offset >= end_offset {
                 break;
             }
-            if h.max_timestamp >= timestamp {
-                return Ok(Some(view.slice(pos..pos + n)));
+            if h.max_timestamp < timestamp {
+                continue;
+            }
+            let batch = view.slice(pos..pos + n);
+            match batch::first_record_at_or_after(&batch, timestamp, min_offset) {
+                Some(Some(record)) => return Ok(Some((batch, Some(record)))),
+                Some(None) => continue,
+                None => return Ok(Some((batch, None))),
             }
         }
         Ok(None)

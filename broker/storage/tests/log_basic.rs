@@ -1,0 +1,302 @@
+//! Behaviour of one partition log through its public API, on both write engines.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use millrace_storage::batch::BatchHeader;
+use millrace_storage::{LogConfig, StorageError, TimestampType};
+
+#[test]
+fn append_assigns_offsets_and_reads_back_byte_exact() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = io(dir.path(), engine);
+        let log = open(dir.path(), LogConfig::default(), &io);
+        assert_eq!(log.offsets(), (0, 0, 0));
+        let mut expected = Vec::new();
+        let mut next = 0;
+        for i in 0..50u64 {
+            let n = 1 + (i as usize % 7);
+            let b = batch(i, n, 100, 1_000 + i as i64);
+            let info = log.append(&b).unwrap();
+            assert_eq!((info.base_offset, info.last_offset), (next, next + n as i64 - 1));
+            assert_eq!(info.log_append_time_ms, -1);
+            info.durable.wait().unwrap();
+            expected.push((next, next + n as i64 - 1, stored(b, next)));
+            next += n as i64;
+        }
+        assert_eq!(log.offsets(), (0, next, next));
+        assert_eq!(read_all(&log), expected, "engine {engine:?}");
+        // A read in the middle of a batch returns that whole batch.
+        let (b, l, bytes) = &expected[10];
+        let r = log.read(b + 1, 1, true).unwrap();
+        assert_eq!(r.records.as_ref(), &bytes[..]);
+        assert!(l > b, "batch 10 has several records");
+        // max_bytes without min_one returns nothing when the first batch does not fit.
+        assert!(log.read(*b, 10, false).unwrap().records.is_empty());
+        // At the end: empty; past the end: out of range.
+        assert!(log.read(next, 1 << 20, true).unwrap().records.is_empty());
+        assert!(matches!(log.read(next + 1, 1, true), Err(StorageError::OffsetOutOfRange { .. })));
+        log.close().unwrap();
+    }
+}
+
+#[test]
+fn invalid_batches_are_rejected_and_leave_the_log_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io(dir.path(), engines()[0]);
+    let config = LogConfig { max_message_bytes: 2_000, ..LogConfig::default() };
+    let log = open(dir.path(), config, &io);
+    log.append(&batch(1, 3, 10, 5)).unwrap().durable.wait().unwrap();
+    let before = (log.offsets(), log.size_bytes());
+
+    let mut bad_crc = batch(2, 3, 10, 5);
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    let e = log.append(&bad_crc).unwrap_err();
+    assert!(matches!(e, StorageError::CorruptMessage(_)), "{e}");
+    assert_eq!(e.kafka_error_code(), 2);
+
+    let e = log.append(&batch(3, 3, 1_000, 5)).unwrap_err();
+    assert!(matches!(e, StorageError::MessageTooLarge { .. }), "{e}");
+    assert_eq!(e.kafka_error_code(), 10);
+
+    // A good batch followed by a truncated one: nothing of the append is taken.
+    let mut two = batch(4, 2, 10, 5);
+    two.extend_from_slice(&batch(5, 2, 10, 5)[..70]);
+    assert!(log.append(&two).is_err());
+    assert!(log.append(&[]).is_err());
+    assert!(log.append(&[0u8; 3]).is_err());
+
+    assert_eq!((log.offsets(), log.size_bytes()), before);
+    log.append(&batch(6, 1, 10, 5)).unwrap().durable.wait().unwrap();
+    assert_eq!(log.log_end_offset(), 4);
+}
+
+#[test]
+fn log_append_time_rewrites_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io(dir.path(), engines()[0]);
+    let config =
+        LogConfig { message_timestamp_type: TimestampType::LogAppendTime, ..LogConfig::default() };
+    let log = open(dir.path(), config, &io);
+    let info = log.append_at(&batch(1, 4, 10, 5), 1_700_000_000_000, 7).unwrap();
+    assert_eq!(info.log_append_time_ms, 1_700_000_000_000);
+    info.durable.wait().unwrap();
+    let r = log.read(0, 1 << 20, true).unwrap();
+    let h = BatchHeader::parse(&r.records).unwrap();
+    assert!(h.is_log_append_time());
+    assert_eq!(h.max_timestamp, 1_700_000_000_000);
+    assert_eq!(h.partition_leader_epoch, 7);
+    // The stored batch still passes validation (CRC recomputed).
+    millrace_storage::batch::validate(&r.records, 1 << 20).unwrap();
+}
+
+#[test]
+fn segments_roll_by_size_and_time_and_reopen_cleanly() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = io(dir.path(), engine);
+        let config = LogConfig {
+            segment_bytes: 4_096,
+            index_interval_bytes: 512,
+            segment_ms: 60_000,
+            ..LogConfig::default()
+        };
+        let log = open(dir.path(), config.clone(), &io);
+        let mut next = 0;
+        for i in 0..100u64 {
+            let info = log.append_at(&batch(i, 3, 100, i as i64), 1_000, 0).unwrap();
+            next = info.last_offset + 1;
+        }
+        log.flush().unwrap().wait().unwrap();
+        let segments = log.segment_base_offsets();
+        assert!(segments.len() >= 9, "{segments:?}");
+        // Time-based roll: a batch appended segment.ms after the segment's first one.
+        log.append_at(&batch(999, 1, 10, 0), 1_000 + 60_000, 0).unwrap().durable.wait().unwrap();
+        assert_eq!(log.segment_count(), segments.len() + 1);
+        next += 1;
+        let all = read_all(&log);
+        assert_eq!(all.last().unwrap().1, next - 1);
+        // Files are named by base offset in 20 digits; sealed indexes are trimmed.
+        let name = format!("{:020}", segments[1]);
+        let log_dir = dir.path().join("t-0");
+        assert!(log_dir.join(format!("{name}.log")).exists());
+        let idx_len = std::fs::metadata(log_dir.join(format!("{name}.index"))).unwrap().len();
+        assert!(idx_len < 1024 && idx_len % 8 == 0, "trimmed offset index: {idx_len}");
+        log.close().unwrap();
+        drop(log);
+
+        let log = open(dir.path(), config, &io);
+        let report = log.open_report().clone();
+        assert!(report.clean && report.segments_recovered == 0, "{report:?}");
+        assert_eq!(log.offsets(), (0, next, next));
+        assert_eq!(read_all(&log), all);
+        // Appends continue where they were.
+        let info = log.append(&batch(5, 2, 10, 5)).unwrap();
+        assert_eq!(info.base_offset, next);
+        info.durable.wait().unwrap();
+    }
+}
+
+#[test]
+fn unclean_reopen_recovers_only_from_the_recovery_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io(dir.path(), engines()[0]);
+    let config = LogConfig { segment_bytes: 8_192, ..LogConfig::default() };
+    let log = open(dir.path(), config.clone(), &io);
+    for i in 0..200u64 {
+        log.append(&batch(i, 2, 100, 10)).unwrap();
+    }
+    log.flush().unwrap().wait().unwrap();
+    let all = read_all(&log);
+    let segments = log.segment_count();
+    assert!(log.recovery_point() > 0);
+    drop(log); // no close: unclean
+    let log = open(dir.path(), config, &io);
+    let report = log.open_report().clone();
+    assert!(!report.clean);
+    assert!(
+        report.segments_recovered >= 1 && report.segments_recovered <= 2,
+        "{report:?} of {segments}"
+    );
+    assert!(report.truncations.is_empty());
+    assert_eq!(read_all(&log), all);
+}
+
+#[test]
+fn lookups_by_timestamp_and_max_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io(dir.path(), engines()[0]);
+    let config =
+        LogConfig { segment_bytes: 2_048, index_interval_bytes: 256, ..LogConfig::default() };
+    let log = open(dir.path(), config, &io);
+    // Batch i holds 4 records with timestamps 100*i .. 100*i+3; batch 7 goes back in time.
+    for i in 0..40i64 {
+        let ts = if i == 7 { 5 } else { 100 * i };
+        log.append(&batch(i as u64, 4, 50, ts)).unwrap();
+    }
+    log.flush().unwrap().wait().unwrap();
+    let find = |t| log.offset_for_timestamp(t).unwrap().and_then(|l| l.record);
+    assert_eq!(find(0), Some((0, 0)));
+    assert_eq!(find(102), Some((4 + 2, 102)));
+    assert_eq!(find(103), Some((7, 103)));
+    assert_eq!(find(104), Some((8, 200)));
+    assert_eq!(find(1_000), Some((40, 1_000)));
+    assert_eq!(find(3_903), Some((159, 3_903)));
+    assert_eq!(find(3_904), None);
+    // Batch 7 (offsets 28..31) is older than its neighbours: the answer is the first record in
+    // offset order whose timestamp is at or after the target, not the closest timestamp.
+    assert_eq!(find(6), Some((4, 100)));
+    assert_eq!(find(701), Some((32, 800)));
+    let max = log.max_timestamp().unwrap().unwrap();
+    assert_eq!(max.record, Some((159, 3_903)));
+}
+
+#[test]
+fn delete_records_and_retention_advance_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io(dir.path(), engines()[0]);
+    let config = LogConfig { segment_bytes: 2_048, ..LogConfig::default() };
+    let log = open(dir.path(), config.clone(), &io);
+    for i in 0..60i64 {
+        log.append_at(&batch(i as u64, 2, 100, 1_000 + i), 1_000 + i, 0).unwrap();
+    }
+    log.flush().unwrap().wait().unwrap();
+    let (_, hw, leo) = log.offsets();
+    assert_eq!((hw, leo), (120, 120));
+    let segments = log.segment_count();
+
+    assert!(matches!(log.delete_records(121), Err(StorageError::OffsetOutOfRange { .. })));
+    assert_eq!(log.delete_records(31).unwrap(), 31);
+    assert_eq!(log.log_start_offset(), 31);
+    assert!(log.segment_count() < segments);
+    assert!(matches!(log.read(30, 1, true), Err(StorageError::OffsetOutOfRange { .. })));
+    // The batch holding 31 starts at 30: it is returned whole.
+    let r = log.read(31, 1, true).unwrap();
+    assert_eq!(split(&r.records)[0].0, 30);
+    assert_eq!(r.log_start_offset, 31);
+    assert_eq!(log.delete_records(10).unwrap(), 31, "moving back is a no-op");
+
+    // The log start survives an unclean restart.
+    drop(log);
+    let log = open(dir.path(), config.clone(), &io);
+    assert_eq!(log.log_start_offset(), 31);
+
+    // retention.bytes keeps the newest segments within the limit.
+    let size = log.size_bytes();
+    log.set_config(LogConfig {
+        retention_bytes: (size / 2) as i64,
+        retention_ms: -1,
+        ..config.clone()
+    })
+    .unwrap();
+    let r = log.enforce_retention(10_000).unwrap();
+    assert!(r.segments_deleted > 0);
+    assert!(log.size_bytes() <= size / 2 + 2_048, "{} of {size}", log.size_bytes());
+    assert_eq!(log.log_start_offset(), log.segment_base_offsets()[0]);
+
+    // retention.ms: everything older than 1 s at t=10 s goes, the active segment included.
+    log.set_config(LogConfig { retention_ms: 1_000, ..config }).unwrap();
+    let r = log.enforce_retention(10_000).unwrap();
+    assert!(r.segments_deleted > 0);
+    assert_eq!(log.offsets(), (120, 120, 120));
+    assert_eq!(log.segment_count(), 1);
+    let info = log.append(&batch(1, 1, 10, 0)).unwrap();
+    assert_eq!(info.base_offset, 120);
+    info.durable.wait().unwrap();
+    log.close().unwrap();
+    drop(log);
+    let log = open(dir.path(), LogConfig::default(), &io);
+    assert_eq!(log.offsets(), (120, 121, 121));
+}
+
+#[test]
+fn relaxed_flush_policy_shows_data_before_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io(dir.path(), engines()[0]);
+    let config = LogConfig { flush_messages: 1_000_000, flush_ms: 200, ..LogConfig::default() };
+    let log = open(dir.path(), config, &io);
+    let info = log.append(&batch(1, 3, 10, 5)).unwrap();
+    let seen = log.data_version();
+    // Visible once written, durable only at the next flush (flush.ms = 200).
+    let t = std::time::Instant::now();
+    while log.high_watermark() < 3 {
+        log.wait_for_data(seen, Duration::from_millis(50));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+    info.durable.wait().unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(150), "flushed by flush.ms, not at once");
+    assert_eq!(log.durable_end(), 3);
+}
+
+#[test]
+fn many_appenders_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io(dir.path(), engines()[0]);
+    let logs: Vec<_> = (0..8)
+        .map(|p| {
+            millrace_storage::Log::open(
+                dir.path().join(format!("t-{p}")),
+                LogConfig::default(),
+                io.clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for log in &logs {
+            s.spawn(move || {
+                for i in 0..200u64 {
+                    log.append(&batch(i, 2, 100, 5)).unwrap().durable.wait().unwrap();
+                }
+            });
+        }
+    });
+    for log in &logs {
+        assert_eq!(log.offsets(), (0, 400, 400));
+        assert_eq!(read_all(log).len(), 200);
+    }
+}
