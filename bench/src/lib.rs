@@ -88,7 +88,8 @@ pub fn bench_root() -> PathBuf {
             return PathBuf::from(dir);
         }
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    workspace.canonicalize().unwrap_or(workspace).join("target")
 }
 
 /// The header of the last whole batch in `records` (as returned by [`Log::read`]), found by
@@ -247,8 +248,11 @@ impl Sink for BaselineFile {
         self.len
     }
     fn recycle(&mut self) -> std::io::Result<()> {
+        // Replace the file, not `self`: dropping the old `BaselineFile` would delete the new
+        // file at the same path.
         std::fs::remove_file(&self.path)?;
-        *self = BaselineFile::create(self.path.clone())?;
+        self.file = OpenOptions::new().write(true).create(true).truncate(true).open(&self.path)?;
+        self.len = 0;
         Ok(())
     }
 }
@@ -318,6 +322,49 @@ mod tests {
         assert_eq!(last_batch_header(&both).unwrap().max_timestamp, 202);
         assert_eq!(last_batch_header(&both[..both.len() - 1]).unwrap().max_timestamp, 101);
         assert!(last_batch_header(&[]).is_none());
+    }
+
+    #[test]
+    fn baseline_file_recycles_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let mut f = BaselineFile::create(&path).unwrap();
+        let mut chunks = 0;
+        timed_in_chunks(&mut f, 10, 3, 7, |f, n| {
+            for _ in 0..n {
+                f.write(b"abc").unwrap();
+            }
+            f.sync().unwrap();
+            chunks += 1;
+            assert_eq!(std::fs::metadata(f.path()).unwrap().len(), f.stored_bytes());
+        });
+        assert_eq!(chunks, 5);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 6);
+        drop(f);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn log_sink_recycles_to_an_empty_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LogDir::open(tmp.path(), millrace_storage::IoEngineChoice::Portable).unwrap();
+        let batch = record_batch(SMALL_BATCH_PAYLOAD, 1);
+        let len = batch.len() as u64;
+        let mut sink = LogSink::open(&dir, "t", 0, bench_log_config());
+        let mut appended = 0;
+        timed_in_chunks(&mut sink, 7, len, 3 * len, |s, n| {
+            assert!(s.stored_bytes() + n * len <= 3 * len);
+            for _ in 0..n {
+                s.log().append(&batch).unwrap().durable.wait().unwrap();
+            }
+            appended += n;
+        });
+        assert_eq!(appended, 7);
+        assert_eq!(sink.stored_bytes(), len); // 3 + 3, recycled, then 1
+        assert_eq!(sink.log().log_end_offset(), (SMALL_BATCH_PAYLOAD / RECORD_BYTES) as i64);
+        let part = tmp.path().join("t-0");
+        drop(sink);
+        assert!(!part.exists());
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl IndexFile {
             OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         let capacity = (max_bytes / width as u64) as usize;
         let len = (capacity * width) as u64;
-        file.set_len(len)?;
+        allocate(&file, len)?;
         let mut index = IndexFile { file, map: None, width, entries: 0, capacity };
         index.remap(len)?;
         Ok(index)
@@ -115,7 +115,7 @@ impl IndexFile {
             return Ok(());
         }
         self.map = None;
-        self.file.set_len((capacity * self.width) as u64)?;
+        allocate(&self.file, (capacity * self.width) as u64)?;
         self.capacity = capacity;
         self.remap((capacity * self.width) as u64)
     }
@@ -134,6 +134,24 @@ impl IndexFile {
         self.capacity = self.entries;
         self.file.sync_all()?;
         self.remap(len)
+    }
+}
+
+/// Sizes an index file to `len` with its blocks allocated. A sparse file would let a store into
+/// the map hit a full disk as SIGBUS; allocating up front turns that into an error here.
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    file.set_len(len)?;
+    if len == 0 {
+        return Ok(());
+    }
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain system call on a file descriptor we own; no memory is passed.
+    let rc = unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(file), 0, len) };
+    match rc {
+        0 => Ok(()),
+        // Filesystems without fallocate keep the sparse file.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
     }
 }
 

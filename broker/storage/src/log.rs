@@ -371,9 +371,14 @@ impl Log {
     fn roll_locked(&self, inner: &mut Inner) -> Result<Arc<Segment>> {
         let old = self.active(inner);
         let base = inner.log_end_offset;
-        let new = Arc::new(Segment::create(&self.dir, base, &inner.config)?);
-        checkpoint::sync_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))?;
-        old.seal().map_err(|e| StorageError::io(&old.log_path, e))?;
+        // A failure here is an I/O failure of the directory, as a failed write is.
+        let fail = |e: StorageError| {
+            self.io.health().fail(format!("rolling to segment {base} failed: {e}"));
+            e
+        };
+        let new = Arc::new(Segment::create(&self.dir, base, &inner.config).map_err(fail)?);
+        checkpoint::sync_dir(&self.dir).map_err(|e| fail(StorageError::io(&self.dir, e)))?;
+        old.seal().map_err(|e| fail(StorageError::io(&old.log_path, e)))?;
         inner.segments.insert(base, new.clone());
         // Once everything before `base` is synced, recovery need not look before it.
         let (state, dir) = (self.state.clone(), self.dir.clone());
@@ -514,8 +519,8 @@ impl Log {
             if next <= log_start || max_ts < timestamp {
                 continue;
             }
-            if let Some((batch, record)) = seg.find_by_timestamp(timestamp, log_start, hw)? {
-                return Ok(Some(TimestampLookup { batch, record }));
+            if let Some(found) = seg.find_by_timestamp(timestamp, log_start, hw)? {
+                return Ok(Some(found));
             }
         }
         Ok(None)
@@ -539,8 +544,7 @@ impl Log {
             }
         }
         let Some((ts, seg)) = best else { return Ok(None) };
-        let found = seg.find_by_timestamp(ts, log_start, hw)?;
-        Ok(found.map(|(batch, record)| TimestampLookup { batch, record }))
+        seg.find_by_timestamp(ts, log_start, hw)
     }
 
     /// Queues a sync of everything appended so far; the future resolves when it is on disk.

@@ -21,6 +21,7 @@ use crate::batch::{self, BatchHeader};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::index::{IndexFile, OffsetIndex, TimeIndex, OFFSET_ENTRY, TIME_ENTRY};
+use crate::log::TimestampLookup;
 
 /// File name stem of a segment: its base offset in 20 digits, as Kafka names them.
 pub(crate) fn file_stem(base_offset: i64) -> String {
@@ -454,7 +455,7 @@ impl Segment {
         timestamp: i64,
         min_offset: i64,
         end_offset: i64,
-    ) -> Result<Option<(Bytes, Option<(i64, i64)>)>> {
+    ) -> Result<Option<TimestampLookup>> {
         let len = self.published_len();
         if len == 0 {
             return Ok(None);
@@ -479,9 +480,11 @@ impl Segment {
             }
             let batch = view.slice(pos..pos + n);
             match batch::first_record_at_or_after(&batch, timestamp, min_offset) {
-                Some(Some(record)) => return Ok(Some((batch, Some(record)))),
+                Some(Some(record)) => {
+                    return Ok(Some(TimestampLookup { batch, record: Some(record) }))
+                }
                 Some(None) => continue,
-                None => return Ok(Some((batch, None))),
+                None => return Ok(Some(TimestampLookup { batch, record: None })),
             }
         }
         Ok(None)

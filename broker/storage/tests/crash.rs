@@ -66,7 +66,7 @@ fn crash_child() {
         let ts = 1_000_000 + rng.below(1_000_000) as i64;
         let info = log.append(&batch(seed, records, value_len, ts)).expect("append");
         in_flight.push_back((info, seed, records, value_len, ts));
-        if in_flight.len() >= 1 + rng.below(8) as usize {
+        if in_flight.len() > rng.below(8) as usize {
             while let Some((info, seed, records, value_len, ts)) = in_flight.pop_front() {
                 info.durable.wait().expect("durable");
                 use std::io::Write;

@@ -178,7 +178,7 @@ fn run(engine: IoEngineChoice, segment_bytes: u64, index_interval_bytes: u64, op
         }
     }
     let l = log.unwrap();
-    let all: Vec<_> = read_all(&l).into_iter().map(|(b, e, bytes)| (b, e, bytes)).collect();
+    let all = read_all(&l);
     let want: Vec<_> = m.visible().map(|b| (b.0, b.1, b.2.clone())).collect();
     assert_eq!(all, want);
 }
