@@ -75,7 +75,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             pos += h.total_len().ok_or("bad")?;
         }
     }
-    println!("read them back: {:.1} MB in {:.3}s", read as f64 / 1e6, start.elapsed().as_secs_f64());
+    println!(
+        "read them back: {:.1} MB in {:.3}s",
+        read as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
     if let Some(hit) = log.offset_for_timestamp(t0)? {
         println!("first record at or after {t0} ms: {:?}", hit.record);
     }
