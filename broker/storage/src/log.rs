@@ -129,7 +129,22 @@ impl Log {
         let mut segments = BTreeMap::new();
         let mut recovered_any = false;
         let mut first_recovered = usize::MAX;
+        let mut prev_next: Option<i64> = None;
         for (i, &base) in bases.iter().enumerate() {
+            // Offsets are contiguous across segments. A gap means the write of the last batches
+            // before a roll never reached the disk while the next segment exists: the log ends
+            // at the gap.
+            if let Some(expected) = prev_next.filter(|&p| p != base) {
+                let t = Truncation {
+                    segment_base_offset: base,
+                    position: 0,
+                    bytes: 0,
+                    first_offset_cut: Some(expected),
+                    reason: format!("offsets {expected}..{base} are missing before segment {base}"),
+                };
+                drop_from(&dir, &bases[i..], t, &mut report);
+                break;
+            }
             let next_base = bases.get(i + 1).copied();
             let recover = !clean && next_base.is_none_or(|n| n > state.recovery_point);
             let (seg, truncation) =
@@ -139,32 +154,11 @@ impl Log {
                 recovered_any = true;
                 first_recovered = first_recovered.min(i);
             }
+            prev_next = Some(seg.state().next_offset);
             segments.insert(base, Arc::new(seg));
             if let Some(t) = truncation {
-                tracing::warn!(
-                    log = %dir.display(),
-                    segment = t.segment_base_offset,
-                    position = t.position,
-                    bytes_cut = t.bytes,
-                    first_offset_cut = ?t.first_offset_cut,
-                    reason = %t.reason,
-                    "recovery truncated a torn or corrupt tail: {} bytes cut at position {}, offsets from {} on removed",
-                    t.bytes, t.position, t.first_offset_cut.map_or("?".to_string(), |o| o.to_string()),
-                );
-                report.truncations.push(t);
                 // Everything after a cut is unreachable: drop later segments.
-                for &later in &bases[i + 1..] {
-                    let (log, idx, time) = segment::paths(&dir, later);
-                    for p in [log, idx, time] {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    report.segments_dropped += 1;
-                }
-                if let Some(seg) = segments.get(&base) {
-                    if next_base.is_some() {
-                        seg.reopen_for_append(&config)?;
-                    }
-                }
+                drop_from(&dir, &bases[i + 1..], t, &mut report);
                 break;
             }
         }
@@ -673,6 +667,31 @@ impl Log {
         s.clean = true;
         s.recovery_point = inner.log_end_offset;
         s.write(&self.dir).map_err(|e| StorageError::io(&self.dir, e))
+    }
+}
+
+/// Logs a recovery cut and deletes the segments `doomed` that follow it.
+fn drop_from(dir: &Path, doomed: &[i64], t: Truncation, report: &mut OpenReport) {
+    tracing::warn!(
+        log = %dir.display(),
+        segment = t.segment_base_offset,
+        position = t.position,
+        bytes_cut = t.bytes,
+        segments_dropped = doomed.len(),
+        reason = %t.reason,
+        "recovery cut the log: {} bytes at position {} of segment {}, offsets from {} on removed",
+        t.bytes,
+        t.position,
+        t.segment_base_offset,
+        t.first_offset_cut.map_or("?".to_string(), |o| o.to_string()),
+    );
+    report.truncations.push(t);
+    for &later in doomed {
+        let (log, idx, time) = segment::paths(dir, later);
+        for p in [log, idx, time] {
+            let _ = std::fs::remove_file(p);
+        }
+        report.segments_dropped += 1;
     }
 }
 

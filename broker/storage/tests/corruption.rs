@@ -149,13 +149,8 @@ fn damaged_indexes_are_detected_and_never_mislead_reads() {
     }
     let indexes: Vec<PathBuf> =
         files(dir.path(), "index").into_iter().chain(files(dir.path(), "timeindex")).collect();
-    let mut rng = 0x1234_5678_9abc_def1u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = Rng(0x1234_5678_9abc_def1u64);
+    let mut next = || rng.next();
     for round in 0..60 {
         let path = &indexes[(next() % indexes.len() as u64) as usize];
         let original = fs::read(path).unwrap();
@@ -196,13 +191,8 @@ fn a_damaged_state_file_means_full_recovery_without_loss() {
 
 #[test]
 fn random_damage_anywhere_never_panics_and_serves_only_valid_batches() {
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15u64);
+    let mut next = || rng.next();
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path());
     for round in 0..80 {
@@ -243,4 +233,37 @@ fn random_damage_anywhere_never_panics_and_serves_only_valid_batches() {
             log.append(&batch(round * 10 + i, 2, 200, 0)).unwrap().durable.wait().unwrap();
         }
     }
+}
+
+#[test]
+fn a_batch_lost_before_a_roll_ends_the_log_at_the_gap() {
+    // A crash can leave the next segment's file (created at roll) while the last write into
+    // the previous one never reached the disk: offsets then jump. The log must end at the gap,
+    // not serve a hole that a consumer could never read past.
+    let dir = tempfile::tempdir().unwrap();
+    let all = fill(dir.path());
+    let logs = files(dir.path(), "log");
+    let victim = &logs[logs.len() - 2];
+    let data = fs::read(victim).unwrap();
+    // Remove the victim's last batch exactly at its boundary.
+    let base: i64 = victim.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let in_victim: Vec<_> = all
+        .iter()
+        .filter(|b| b.0 >= base)
+        .take_while(|b| {
+            let next: i64 =
+                logs[logs.len() - 1].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+            b.0 < next
+        })
+        .collect();
+    let last = in_victim.last().unwrap();
+    fs::write(victim, &data[..data.len() - last.2.len()]).unwrap();
+    fs::remove_file(part(dir.path()).join("partition.state")).unwrap();
+    let log = reopen(dir.path());
+    let r = log.open_report().clone();
+    assert_eq!(r.segments_dropped, 1, "{r:?}");
+    assert_eq!(log.log_end_offset(), last.0);
+    let kept: Vec<_> = all.iter().filter(|b| b.0 < last.0).cloned().collect();
+    assert_eq!(check_served(&log), kept);
+    assert_eq!(log.append(&batch(3, 1, 10, 0)).unwrap().base_offset, last.0);
 }

@@ -29,19 +29,6 @@ fn config() -> LogConfig {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// The child: appends forever, a few appends in flight at a time, and prints
 /// `D base last seed records value_len ts` for each append once it is durable.
 #[test]
