@@ -1,9 +1,16 @@
 //! The write path of one log directory: a thread that owns an io_uring (or, where io_uring is not
-//! available, plain `pwrite`/`fdatasync`), takes appends and syncs over a bounded channel, and
-//! group-commits: every round it writes everything that queued up, publishes it to readers in
-//! order, then issues one `fdatasync` per dirty file of each log whose flush policy asks for one,
-//! and resolves the [`Durable`] futures those syncs cover. Appends that arrive while a round's
-//! syncs run wait in the channel and share the next round's syncs.
+//! available, plain `pwrite`/`fdatasync`) and takes appends and syncs over a bounded channel.
+//!
+//! Appends are submitted as soon as they arrive, many at once, and published to readers in
+//! order as they complete. Group commit is per log: when a log has published appends waiting
+//! (or its `flush.messages` / `flush.ms` is due, or a flush was asked for) and no sync of it is
+//! running, one `fdatasync` per dirty segment file is submitted, covering everything published so
+//! far; when they all complete, the log's durable end advances and the [`Durable`] futures they
+//! cover resolve. Appends that arrive meanwhile are written at once and wait for that log's next
+//! sync, while other logs' writes and syncs proceed independently. With io_uring all of this is
+//! in flight together and the thread sleeps in `io_uring_enter`, woken by completions or by an
+//! eventfd that [`IoThread::submit`] writes when it sleeps; the portable engine runs each
+//! operation in turn.
 //!
 //! Any write or sync error marks the whole directory failed (as Kafka takes a log directory
 //! offline): the failed log is cut back to what was published before, every pending future
@@ -12,8 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::future::Future;
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -170,7 +176,7 @@ impl DirHealth {
         let (dir, cause) = self.failure();
         StorageError::LogDirFailed { dir, cause }
     }
-    fn failure(&self) -> (PathBuf, String) {
+    pub(crate) fn failure(&self) -> (PathBuf, String) {
         let cause = self.cause.lock().unwrap_or_else(|e| e.into_inner()).clone();
         (self.dir.clone(), cause.unwrap_or_else(|| "unknown".into()))
     }
@@ -262,151 +268,171 @@ impl std::fmt::Debug for Op {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The engines.
+// The engines: where writes and fsyncs are executed.
 
-struct WriteJob<'a> {
-    file: &'a File,
-    position: u64,
-    data: &'a [u8],
-}
+/// Tag of the io_uring read on the wake eventfd.
+const WAKE_TAG: u64 = u64::MAX;
 
+/// Executes writes and fsyncs, possibly asynchronously; completions come back by tag with a
+/// result like a system call's (`>= 0` bytes, or `-errno`).
 trait Engine {
-    /// Writes every job fully; one result per job.
-    fn write(&mut self, jobs: &[WriteJob<'_>]) -> Vec<std::io::Result<()>>;
-    /// `fdatasync`s every file; one result per file.
-    fn sync(&mut self, files: &[&File]) -> Vec<std::io::Result<()>>;
+    /// Queues a positional write. The caller keeps `buf` alive until its completion.
+    fn write(&mut self, tag: u64, fd: RawFd, buf: &[u8], offset: u64);
+    /// Queues an `fdatasync`.
+    fn fsync(&mut self, tag: u64, fd: RawFd);
+    /// Operations queued or running.
+    fn in_flight(&self) -> usize;
+    /// Submits what is queued and collects completions into `out`. With `wait`, blocks until at
+    /// least one completes, [`IoThread::submit`] wakes it, or `deadline` passes.
+    fn complete(&mut self, wait: bool, deadline: Option<Instant>, out: &mut Vec<(u64, i32)>);
 }
 
-struct Portable;
+/// Runs each operation at once with the plain system call.
+struct Portable {
+    done: Vec<(u64, i32)>,
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    -e.raw_os_error().unwrap_or(libc::EIO)
+}
 
 impl Engine for Portable {
-    fn write(&mut self, jobs: &[WriteJob<'_>]) -> Vec<std::io::Result<()>> {
-        jobs.iter().map(|j| j.file.write_all_at(j.data, j.position)).collect()
+    fn write(&mut self, tag: u64, fd: RawFd, buf: &[u8], offset: u64) {
+        // SAFETY: `fd` is an open file the caller keeps alive; `buf` is a valid slice.
+        let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset as libc::off_t) };
+        let res = if n < 0 { errno_of(&std::io::Error::last_os_error()) } else { n as i32 };
+        self.done.push((tag, res));
     }
-    fn sync(&mut self, files: &[&File]) -> Vec<std::io::Result<()>> {
-        files.iter().map(|f| f.sync_data()).collect()
+    fn fsync(&mut self, tag: u64, fd: RawFd) {
+        // SAFETY: plain system call on a descriptor the caller keeps open.
+        let rc = unsafe { libc::fdatasync(fd) };
+        let res = if rc < 0 { errno_of(&std::io::Error::last_os_error()) } else { 0 };
+        self.done.push((tag, res));
+    }
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+    fn complete(&mut self, _wait: bool, _deadline: Option<Instant>, out: &mut Vec<(u64, i32)>) {
+        out.append(&mut self.done);
     }
 }
 
+/// io_uring: writes and fsyncs of many logs in flight at once; a read on an eventfd lets
+/// submitters wake the thread while it waits for completions.
 struct Uring {
     ring: io_uring::IoUring,
+    /// Entries not yet accepted by a full submission queue.
+    backlog: VecDeque<io_uring::squeue::Entry>,
+    in_flight: usize,
+    wake_fd: OwnedFd,
+    /// Target of the eventfd read; boxed so its address is stable while the read is armed.
+    wake_buf: Box<[u8; 8]>,
 }
 
 impl Uring {
-    fn new() -> std::io::Result<Uring> {
-        let ring = io_uring::IoUring::new(RING_ENTRIES)?;
+    fn new(wake_fd: OwnedFd) -> std::io::Result<Uring> {
+        let mut ring = io_uring::IoUring::new(RING_ENTRIES)?;
         // Probe with a no-op so a ring that can be created but not used (seccomp) is caught here.
-        let nop = io_uring::opcode::Nop::new().build().user_data(u64::MAX);
+        let nop = io_uring::opcode::Nop::new().build().user_data(0);
         // SAFETY: a Nop references no memory.
-        unsafe {
-            ring.submission_shared().push(&nop).map_err(|_| std::io::Error::other("sq full"))?
-        };
-        let mut ring = ring;
+        unsafe { ring.submission().push(&nop).map_err(|_| std::io::Error::other("sq full"))? };
         ring.submit_and_wait(1)?;
         let res = ring.completion().next().map(|c| c.result()).unwrap_or(-libc::EIO);
         if res < 0 {
             return Err(std::io::Error::from_raw_os_error(-res));
         }
-        Ok(Uring { ring })
+        let mut u =
+            Uring { ring, backlog: VecDeque::new(), in_flight: 0, wake_fd, wake_buf: Box::new([0; 8]) };
+        u.arm_wake();
+        Ok(u)
     }
 
-    /// Runs `n` operations, `make(i, done)` building the entry for the rest of operation `i`
-    /// (`done` bytes of it already complete), resubmitting short writes until each finishes.
-    fn run(
-        &mut self,
-        n: usize,
-        len_of: impl Fn(usize) -> usize,
-        make: impl Fn(usize, usize) -> io_uring::squeue::Entry,
-    ) -> Vec<std::io::Result<()>> {
-        let mut results: Vec<Option<std::io::Result<()>>> = (0..n).map(|_| None).collect();
-        let mut done = vec![0usize; n];
-        let mut queue: VecDeque<usize> = (0..n).collect();
-        let mut in_flight = 0usize;
-        while !queue.is_empty() || in_flight > 0 {
-            while let Some(&i) = queue.front() {
-                let entry = make(i, done[i]).user_data(i as u64);
-                // SAFETY: the entry points into buffers and files borrowed by the caller for the
-                // whole of this call, and we wait for every submitted entry before returning.
-                let pushed = unsafe { self.ring.submission().push(&entry).is_ok() };
-                if !pushed {
-                    break;
-                }
-                queue.pop_front();
-                in_flight += 1;
+    fn arm_wake(&mut self) {
+        let entry = io_uring::opcode::Read::new(
+            io_uring::types::Fd(self.wake_fd.as_raw_fd()),
+            self.wake_buf.as_mut_ptr(),
+            8,
+        )
+        .build()
+        .user_data(WAKE_TAG);
+        self.backlog.push_back(entry);
+    }
+
+    fn push(&mut self, entry: io_uring::squeue::Entry) {
+        self.in_flight += 1;
+        self.backlog.push_back(entry);
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: every entry points at memory (write buffers held by the I/O thread's
+            // per-log queues until completion, the boxed wake buffer) and descriptors that stay
+            // valid until its completion is reaped.
+            if unsafe { self.ring.submission().push(entry).is_err() } {
+                break;
             }
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                // The ring itself failed: fail everything not yet finished.
-                let msg = e.to_string();
-                for r in results.iter_mut().filter(|r| r.is_none()) {
-                    *r = Some(Err(std::io::Error::other(msg.clone())));
-                }
-                // In-flight entries still reference caller memory; drain them before returning.
-                while in_flight > 0 {
-                    let _ = self.ring.submit_and_wait(in_flight);
-                    in_flight -= self.ring.completion().count().min(in_flight);
-                }
-                return results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect();
-            }
-            let completed: Vec<(u64, i32)> =
-                self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-            for (ud, res) in completed {
-                if ud == u64::MAX {
-                    continue;
-                }
-                let i = ud as usize;
-                in_flight -= 1;
-                if res < 0 {
-                    if -res == libc::EINTR || -res == libc::EAGAIN {
-                        queue.push_back(i);
-                    } else {
-                        results[i] = Some(Err(std::io::Error::from_raw_os_error(-res)));
-                    }
-                    continue;
-                }
-                done[i] += res as usize;
-                let len = len_of(i);
-                if done[i] >= len {
-                    results[i] = Some(Ok(()));
-                } else if res == 0 {
-                    results[i] = Some(Err(std::io::ErrorKind::WriteZero.into()));
-                } else {
-                    queue.push_back(i);
-                }
-            }
+            self.backlog.pop_front();
         }
-        results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
     }
 }
 
 impl Engine for Uring {
-    fn write(&mut self, jobs: &[WriteJob<'_>]) -> Vec<std::io::Result<()>> {
-        use io_uring::{opcode, types};
-        self.run(
-            jobs.len(),
-            |i| jobs[i].data.len(),
-            |i, done| {
-                let j = &jobs[i];
-                let rest = &j.data[done..];
-                opcode::Write::new(types::Fd(j.file.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
-                    .offset(j.position + done as u64)
-                    .build()
-            },
-        )
+    fn write(&mut self, tag: u64, fd: RawFd, buf: &[u8], offset: u64) {
+        let entry = io_uring::opcode::Write::new(io_uring::types::Fd(fd), buf.as_ptr(), buf.len() as u32)
+            .offset(offset)
+            .build()
+            .user_data(tag);
+        self.push(entry);
     }
-    fn sync(&mut self, files: &[&File]) -> Vec<std::io::Result<()>> {
-        use io_uring::{opcode, types};
-        self.run(
-            files.len(),
-            |_| 0,
-            |i, _| {
-                opcode::Fsync::new(types::Fd(files[i].as_raw_fd()))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-            },
-        )
+    fn fsync(&mut self, tag: u64, fd: RawFd) {
+        let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd))
+            .flags(io_uring::types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(tag);
+        self.push(entry);
+    }
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+    fn complete(&mut self, wait: bool, deadline: Option<Instant>, out: &mut Vec<(u64, i32)>) {
+        loop {
+            self.flush_backlog();
+            let want = usize::from(wait && out.is_empty());
+            let r = match deadline {
+                Some(d) if want > 0 => {
+                    let ts = io_uring::types::Timespec::from(d.saturating_duration_since(Instant::now()));
+                    let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(want, &args)
+                }
+                _ => self.ring.submitter().submit_and_wait(want),
+            };
+            match r {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {} // reap, then retry
+                Err(e) => {
+                    tracing::error!(error = %e, "io_uring_enter failed");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            let mut rearm = false;
+            for c in self.ring.completion() {
+                if c.user_data() == WAKE_TAG {
+                    rearm = true;
+                } else {
+                    self.in_flight -= 1;
+                    out.push((c.user_data(), c.result()));
+                }
+            }
+            if rearm {
+                self.arm_wake();
+                self.flush_backlog();
+            }
+            if !wait || !out.is_empty() || rearm || deadline.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+        }
     }
 }
 
@@ -419,52 +445,67 @@ pub struct IoThread {
     tx: SyncSender<Op>,
     health: Arc<DirHealth>,
     kind: IoEngineKind,
+    /// Set while the thread waits on io_uring completions: a submitter then writes `wake_fd`.
+    sleeping: Arc<AtomicBool>,
+    wake_fd: Option<Arc<OwnedFd>>,
     join: Mutex<Option<JoinHandle<()>>>,
     next_log_id: AtomicU64,
-}
-
-/// Per-log state only the I/O thread touches.
-struct Pending {
-    log: Arc<LogProgress>,
-    dirty: Vec<Arc<File>>,
-    waiters: VecDeque<Completer>,
-    unflushed_records: i64,
-    first_unflushed: Option<Instant>,
-    force: bool,
-    after: Vec<AfterSync>,
 }
 
 impl IoThread {
     /// Starts the I/O thread for `dir`.
     pub fn start(dir: &Path, choice: IoEngineChoice) -> Result<IoThread> {
+        let make_uring = || -> std::io::Result<(Uring, Arc<OwnedFd>)> {
+            // SAFETY: eventfd returns a new descriptor or -1.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let reader = owned.try_clone()?;
+            Ok((Uring::new(reader)?, Arc::new(owned)))
+        };
         let uring = match choice {
             IoEngineChoice::Portable => None,
-            IoEngineChoice::IoUring => Some(Uring::new().map_err(|e| StorageError::io(dir, e))?),
-            IoEngineChoice::Auto => Uring::new()
+            IoEngineChoice::IoUring => Some(make_uring().map_err(|e| StorageError::io(dir, e))?),
+            IoEngineChoice::Auto => make_uring()
                 .inspect_err(|e| {
                     tracing::info!(error = %e, "io_uring unavailable; using the portable write path")
                 })
                 .ok(),
         };
-        let (engine, kind): (Box<dyn Engine + Send>, _) = match uring {
-            Some(u) => (Box::new(u), IoEngineKind::IoUring),
-            None => (Box::new(Portable), IoEngineKind::Portable),
+        let (engine, kind, wake_fd): (Box<dyn Engine + Send>, _, _) = match uring {
+            Some((u, fd)) => (Box::new(u), IoEngineKind::IoUring, Some(fd)),
+            None => (Box::new(Portable { done: Vec::new() }), IoEngineKind::Portable, None),
         };
         let health = Arc::new(DirHealth {
             dir: dir.to_owned(),
             failed: AtomicBool::new(false),
             cause: Mutex::new(None),
         });
+        let sleeping = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(OPS_QUEUE_MAX);
-        let h = health.clone();
+        let mut looper = Looper {
+            engine,
+            rx,
+            health: health.clone(),
+            sleeping: sleeping.clone(),
+            logs: HashMap::new(),
+            tags: HashMap::new(),
+            next_tag: 1,
+            shutdown: false,
+        };
         let join = std::thread::Builder::new()
             .name(format!("millrace-io {}", dir.display()))
-            .spawn(move || run(engine, rx, h))
+            .spawn(move || looper.run())
             .map_err(|e| StorageError::io(dir, e))?;
         Ok(IoThread {
             tx,
             health,
             kind,
+            sleeping,
+            wake_fd,
             join: Mutex::new(Some(join)),
             next_log_id: AtomicU64::new(1),
         })
@@ -484,209 +525,439 @@ impl IoThread {
     }
 
     pub(crate) fn submit(&self, op: Op) -> Result<()> {
-        self.tx.send(op).map_err(|_| StorageError::Closed)
+        self.tx.send(op).map_err(|_| StorageError::Closed)?;
+        if let Some(fd) = &self.wake_fd {
+            if self.sleeping.load(Ordering::SeqCst) {
+                let one = 1u64.to_ne_bytes();
+                // SAFETY: writing 8 bytes from a valid buffer to an eventfd we own.
+                unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+            }
+        }
+        Ok(())
     }
 }
 
 impl Drop for IoThread {
     fn drop(&mut self) {
-        let _ = self.tx.send(Op::Shutdown);
+        let _ = self.submit(Op::Shutdown);
         if let Some(j) = self.join.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = j.join();
         }
     }
 }
 
-fn run(mut engine: Box<dyn Engine + Send>, rx: Receiver<Op>, health: Arc<DirHealth>) {
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
-    let mut ops: Vec<Op> = Vec::with_capacity(ROUND_OPS_MAX);
-    let mut shutdown = false;
-    while !shutdown {
-        // Wait for work, or for the earliest flush.ms deadline.
-        let deadline = pending
-            .values()
-            .filter_map(|p| {
-                let ms = p.log.flush_ms.load(Ordering::Relaxed);
-                p.first_unflushed.map(|t| t + Duration::from_millis(ms.clamp(0, 1 << 40) as u64))
-            })
-            .min();
-        let first = match deadline {
-            Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                Ok(op) => Some(op),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(op) => Some(op),
-                Err(_) => break,
-            },
-        };
-        ops.extend(first);
-        while ops.len() < ROUND_OPS_MAX {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
-        }
-        round(engine.as_mut(), &mut ops, &mut pending, &health, &mut shutdown);
-    }
-    // Resolve whatever is left so no waiter hangs.
-    for (_, p) in pending.drain() {
-        for w in p.waiters {
-            w.complete(Err((PathBuf::new(), "log directory closed".into())));
-        }
-    }
+/// A write of one append, from submission until it is published.
+struct Write {
+    tag: u64,
+    segment: Arc<Segment>,
+    position: u64,
+    data: Bytes,
+    written: usize,
+    end_offset: i64,
+    records: i64,
+    done: Completer,
+    /// `None` while running; the error text if it failed.
+    result: Option<std::result::Result<(), String>>,
+    /// Explicit syncs that arrived after this write: they cover it.
+    syncs_after: Vec<SyncRequest>,
 }
 
-fn round(
-    engine: &mut dyn Engine,
-    ops: &mut Vec<Op>,
-    pending: &mut HashMap<u64, Pending>,
-    health: &DirHealth,
-    shutdown: &mut bool,
-) {
-    // 1. Writes, in submission order.
-    let mut appends = Vec::new();
-    let mut syncs = Vec::new();
-    for op in ops.drain(..) {
-        match op {
-            Op::Append { .. } => appends.push(op),
-            Op::Sync { .. } => syncs.push(op),
-            Op::Shutdown => *shutdown = true,
+type SyncRequest = (Option<Completer>, Option<AfterSync>);
+
+/// One group commit of one log: an fdatasync per dirty file, all in flight together.
+struct SyncGroup {
+    remaining: usize,
+    covers: i64,
+    waiters: Vec<Completer>,
+    after: Vec<AfterSync>,
+    error: Option<String>,
+    _files: Vec<Arc<File>>,
+}
+
+/// Per-log state only the I/O thread touches.
+struct LogIo {
+    progress: Arc<LogProgress>,
+    writes: VecDeque<Write>,
+    /// Published appends waiting for a sync.
+    waiting: Vec<Completer>,
+    /// Explicit syncs whose preceding writes are all published.
+    requests: Vec<SyncRequest>,
+    dirty: Vec<Arc<File>>,
+    unsynced_records: i64,
+    first_unsynced: Option<Instant>,
+    sync: Option<SyncGroup>,
+}
+
+enum Tagged {
+    Write(u64),
+    Sync(u64),
+}
+
+struct Looper {
+    engine: Box<dyn Engine + Send>,
+    rx: Receiver<Op>,
+    health: Arc<DirHealth>,
+    sleeping: Arc<AtomicBool>,
+    logs: HashMap<u64, LogIo>,
+    tags: HashMap<u64, Tagged>,
+    next_tag: u64,
+    shutdown: bool,
+}
+
+impl Looper {
+    fn run(&mut self) {
+        let mut completions = Vec::new();
+        loop {
+            // 1. Take what has queued up.
+            let mut took = 0;
+            while took < ROUND_OPS_MAX && !self.shutdown {
+                match self.rx.try_recv() {
+                    Ok(op) => {
+                        self.handle(op);
+                        took += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.shutdown = true;
+                        break;
+                    }
+                }
+            }
+            // 2. Start the group commits that are due.
+            let now = Instant::now();
+            let ids: Vec<u64> = self.logs.keys().copied().collect();
+            for id in ids {
+                self.maybe_sync(id, now);
+            }
+            // 3. Collect completions; wait when there is nothing else to do.
+            if self.engine.in_flight() > 0 {
+                let deadline = self.deadline();
+                let mut wait = took == 0;
+                if wait {
+                    self.sleeping.store(true, Ordering::SeqCst);
+                    // An op sent before the flag was set would not wake us: look once more.
+                    if let Ok(op) = self.rx.try_recv() {
+                        self.handle(op);
+                        wait = false;
+                    }
+                }
+                self.engine.complete(wait, deadline, &mut completions);
+                self.sleeping.store(false, Ordering::SeqCst);
+                for (tag, res) in completions.drain(..) {
+                    self.completed(tag, res);
+                }
+            } else if took == 0 {
+                if self.shutdown {
+                    if self.idle() {
+                        break;
+                    }
+                    // Unsynced data under a relaxed policy: sync it before leaving.
+                    for log in self.logs.values_mut() {
+                        if log.sync.is_none() && (log.unsynced_records > 0 || !log.waiting.is_empty()) {
+                            log.requests.push((None, None));
+                        }
+                    }
+                    if self.logs.values().all(|l| l.requests.is_empty() && l.sync.is_none()) {
+                        break;
+                    }
+                    continue;
+                }
+                let op = match self.deadline() {
+                    Some(d) => match self.rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                        Ok(op) => Some(op),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            self.shutdown = true;
+                            None
+                        }
+                    },
+                    None => match self.rx.recv() {
+                        Ok(op) => Some(op),
+                        Err(_) => {
+                            self.shutdown = true;
+                            None
+                        }
+                    },
+                };
+                if let Some(op) = op {
+                    self.handle(op);
+                }
+            }
+            // Forget logs with nothing pending.
+            self.logs.retain(|_, l| {
+                !(l.writes.is_empty()
+                    && l.waiting.is_empty()
+                    && l.requests.is_empty()
+                    && l.sync.is_none()
+                    && l.unsynced_records == 0)
+            });
+        }
+        // Resolve whatever is left so no waiter hangs.
+        for (_, log) in self.logs.drain() {
+            let closed = || Err((PathBuf::new(), "log directory closed".to_string()));
+            for w in log.writes {
+                w.done.complete(closed());
+            }
+            for w in log.waiting {
+                w.complete(closed());
+            }
+            for (done, _) in log.requests {
+                if let Some(d) = done {
+                    d.complete(closed());
+                }
+            }
         }
     }
-    if !appends.is_empty() {
-        let results = if health.is_failed() {
-            Vec::new()
-        } else {
-            let jobs: Vec<WriteJob<'_>> = appends
-                .iter()
-                .map(|op| match op {
-                    Op::Append { segment, position, data, .. } => {
-                        WriteJob { file: &segment.file, position: *position, data }
-                    }
-                    _ => unreachable!("only appends were collected"),
-                })
-                .collect();
-            engine.write(&jobs)
-        };
-        let mut failed_logs: HashMap<u64, ()> = HashMap::new();
-        for (i, op) in appends.into_iter().enumerate() {
-            let Op::Append { log, segment, position, data, end_offset, records, done } = op else {
-                continue;
-            };
-            let result = results.get(i);
-            let ok = matches!(result, Some(Ok(()))) && !failed_logs.contains_key(&log.id);
-            if !ok {
-                if let Some(Err(e)) = result {
-                    health.fail(format!("write to {} failed: {e}", segment.log_path.display()));
+
+    fn idle(&self) -> bool {
+        self.engine.in_flight() == 0
+            && self.logs.values().all(|l| {
+                l.writes.is_empty() && l.waiting.is_empty() && l.requests.is_empty() && l.sync.is_none()
+            })
+    }
+
+    /// The earliest `flush.ms` deadline of a log with unsynced data.
+    fn deadline(&self) -> Option<Instant> {
+        self.logs
+            .values()
+            .filter(|l| l.sync.is_none())
+            .filter_map(|l| {
+                let ms = l.progress.flush_ms.load(Ordering::Relaxed).clamp(0, 1 << 40) as u64;
+                l.first_unsynced.map(|t| t + Duration::from_millis(ms))
+            })
+            .min()
+    }
+
+    fn log(&mut self, progress: &Arc<LogProgress>) -> &mut LogIo {
+        self.logs.entry(progress.id).or_insert_with(|| LogIo {
+            progress: progress.clone(),
+            writes: VecDeque::new(),
+            waiting: Vec::new(),
+            requests: Vec::new(),
+            dirty: Vec::new(),
+            unsynced_records: 0,
+            first_unsynced: None,
+            sync: None,
+        })
+    }
+
+    fn tag(&mut self, t: Tagged) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.tags.insert(tag, t);
+        tag
+    }
+
+    fn handle(&mut self, op: Op) {
+        match op {
+            Op::Append { log, segment, position, data, end_offset, records, done } => {
+                if self.health.is_failed() {
+                    done.complete(Err(self.health.failure()));
+                    return;
                 }
-                if failed_logs.insert(log.id, ()).is_none() {
-                    // Cut back to what readers were given; later writes of this log are dropped.
-                    let keep = segment.published_len();
-                    if let Err(e) = segment.truncate_after_failure(keep) {
+                let tag = self.tag(Tagged::Write(log.id));
+                let fd = segment.file.as_raw_fd();
+                let l = self.log(&log);
+                l.writes.push_back(Write {
+                    tag,
+                    segment,
+                    position,
+                    data,
+                    written: 0,
+                    end_offset,
+                    records,
+                    done,
+                    result: None,
+                    syncs_after: Vec::new(),
+                });
+                let w = l.writes.back().map(|w| (w.data.clone(), w.position));
+                if let Some((data, position)) = w {
+                    // The Bytes in `l.writes` keeps the buffer alive until completion.
+                    self.engine.write(tag, fd, &data, position);
+                }
+            }
+            Op::Sync { log, done, then } => {
+                if self.health.is_failed() {
+                    if let Some(d) = done {
+                        d.complete(Err(self.health.failure()));
+                    }
+                    return;
+                }
+                let l = self.log(&log);
+                match l.writes.back_mut() {
+                    Some(w) => w.syncs_after.push((done, then)),
+                    None => l.requests.push((done, then)),
+                }
+            }
+            Op::Shutdown => self.shutdown = true,
+        }
+    }
+
+    fn completed(&mut self, tag: u64, res: i32) {
+        match self.tags.remove(&tag) {
+            Some(Tagged::Write(id)) => self.write_completed(id, tag, res),
+            Some(Tagged::Sync(id)) => self.sync_completed(id, res),
+            None => {}
+        }
+    }
+
+    fn write_completed(&mut self, id: u64, tag: u64, res: i32) {
+        let Some(l) = self.logs.get_mut(&id) else { return };
+        let Some(w) = l.writes.iter_mut().find(|w| w.tag == tag) else { return };
+        if res == -libc::EINTR || res == -libc::EAGAIN || (res > 0 && w.written + (res as usize) < w.data.len()) {
+            // Retry, or continue a short write, under the same tag.
+            if res > 0 {
+                w.written += res as usize;
+            }
+            let (data, pos, fd) = (w.data.slice(w.written..), w.position + w.written as u64, w.segment.file.as_raw_fd());
+            self.tags.insert(tag, Tagged::Write(id));
+            self.engine.write(tag, fd, &data, pos);
+            return;
+        }
+        w.result = Some(match res {
+            r if r < 0 => Err(std::io::Error::from_raw_os_error(-r).to_string()),
+            0 if !w.data.is_empty() => Err("wrote zero bytes".to_string()),
+            _ => Ok(()),
+        });
+        self.publish(id);
+    }
+
+    /// Publishes the completed prefix of a log's writes, in order. Once one write of a log has
+    /// failed, every later one fails too as it completes (never earlier: the kernel may still be
+    /// reading its buffer).
+    fn publish(&mut self, id: u64) {
+        let health = self.health.clone();
+        let Some(l) = self.logs.get_mut(&id) else { return };
+        while l.writes.front().is_some_and(|w| w.result.is_some()) {
+            let Some(w) = l.writes.pop_front() else { break };
+            let already_failed = l.progress.write_failed.load(Ordering::Acquire);
+            match w.result {
+                Some(Ok(())) if !already_failed => {
+                    w.segment.publish(w.position + w.data.len() as u64);
+                    l.progress.written_end.store(w.end_offset, Ordering::Release);
+                    if !l.dirty.iter().any(|f| Arc::ptr_eq(f, &w.segment.file)) {
+                        l.dirty.push(w.segment.file.clone());
+                    }
+                    l.waiting.push(w.done);
+                    l.unsynced_records += w.records;
+                    l.first_unsynced.get_or_insert_with(Instant::now);
+                    l.requests.extend(w.syncs_after);
+                    if l.progress.flush_messages.load(Ordering::Relaxed) > 1 {
+                        l.progress.notify(); // visible before durable under this policy
+                    }
+                }
+                result => {
+                    if !already_failed {
+                        let cause = match result {
+                            Some(Err(e)) => e,
+                            _ => "unknown".to_string(),
+                        };
+                        health.fail(format!(
+                            "write to {} failed: {cause}",
+                            w.segment.log_path.display()
+                        ));
+                        l.progress.write_failed.store(true, Ordering::Release);
+                    }
+                    // Cut back to what readers were given (this write may have reached the file
+                    // in part, or a later one that completed first may have).
+                    if let Err(e) = w.segment.truncate_after_failure(w.segment.published_len()) {
                         tracing::error!(error = %e, "could not truncate after a failed write");
                     }
-                    log.write_failed.store(true, Ordering::Release);
+                    w.done.complete(Err(health.failure()));
+                    for (d, _) in w.syncs_after {
+                        if let Some(d) = d {
+                            d.complete(Err(health.failure()));
+                        }
+                    }
                 }
-                done.complete(Err(fail_info(health)));
-                continue;
             }
-            segment.publish(position + data.len() as u64);
-            log.written_end.store(end_offset, Ordering::Release);
-            let p = pending.entry(log.id).or_insert_with(|| Pending::new(log.clone()));
-            if !p.dirty.iter().any(|f| Arc::ptr_eq(f, &segment.file)) {
-                p.dirty.push(segment.file.clone());
-            }
-            p.waiters.push_back(done);
-            p.unflushed_records += records;
-            p.first_unflushed.get_or_insert_with(Instant::now);
-            if log.flush_messages.load(Ordering::Relaxed) > 1 {
-                log.notify(); // visible before it is durable under this policy
-            }
-        }
-    }
-    for op in syncs {
-        if let Op::Sync { log, done, then } = op {
-            let p = pending.entry(log.id).or_insert_with(|| Pending::new(log.clone()));
-            p.force = true;
-            p.waiters.extend(done);
-            p.after.extend(then);
         }
     }
 
-    // 2. Group commit: one fdatasync per dirty file of each log that is due.
-    let now = Instant::now();
-    let due: Vec<u64> = pending.iter().filter(|(_, p)| p.is_due(now)).map(|(id, _)| *id).collect();
-    if due.is_empty() {
-        return;
-    }
-    let mut files: Vec<Arc<File>> = Vec::new();
-    for id in &due {
-        for f in &pending[id].dirty {
-            if !files.iter().any(|g| Arc::ptr_eq(f, g)) {
-                files.push(f.clone());
+    /// Starts a group commit for log `id` if one is due and none is running.
+    fn maybe_sync(&mut self, id: u64, now: Instant) {
+        let failed = self.health.is_failed();
+        let Some(l) = self.logs.get_mut(&id) else { return };
+        if l.sync.is_some() {
+            return;
+        }
+        if failed {
+            let f = self.health.failure();
+            for w in l.waiting.drain(..) {
+                w.complete(Err(f.clone()));
             }
+            for (d, _) in l.requests.drain(..) {
+                if let Some(d) = d {
+                    d.complete(Err(f.clone()));
+                }
+            }
+            return;
+        }
+        let flush_messages = l.progress.flush_messages.load(Ordering::Relaxed);
+        let flush_ms = l.progress.flush_ms.load(Ordering::Relaxed).max(0) as u128;
+        let due = !l.requests.is_empty()
+            || (l.unsynced_records > 0
+                && (l.unsynced_records >= flush_messages
+                    || l.first_unsynced.is_some_and(|t| now.duration_since(t).as_millis() >= flush_ms)));
+        if !due {
+            return;
+        }
+        let files: Vec<Arc<File>> = l.dirty.drain(..).collect();
+        let mut waiters: Vec<Completer> = l.waiting.drain(..).collect();
+        let mut after = Vec::new();
+        for (d, a) in l.requests.drain(..) {
+            waiters.extend(d);
+            after.extend(a);
+        }
+        l.unsynced_records = 0;
+        l.first_unsynced = None;
+        let covers = l.progress.written_end.load(Ordering::Acquire);
+        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        l.sync = Some(SyncGroup { remaining: fds.len(), covers, waiters, after, error: None, _files: files });
+        if fds.is_empty() {
+            self.finish_sync(id);
+            return;
+        }
+        for fd in fds {
+            let tag = self.tag(Tagged::Sync(id));
+            self.engine.fsync(tag, fd);
         }
     }
-    let results = if health.is_failed() {
-        Vec::new()
-    } else {
-        let refs: Vec<&File> = files.iter().map(|f| f.as_ref()).collect();
-        engine.sync(&refs)
-    };
-    if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
-        health.fail(format!("fdatasync failed: {e}"));
-    }
-    for id in due {
-        let Some(mut p) = pending.remove(&id) else { continue };
-        if health.is_failed() {
-            for w in p.waiters.drain(..) {
-                w.complete(Err(fail_info(health)));
-            }
-            p.after.clear();
-            continue;
+
+    fn sync_completed(&mut self, id: u64, res: i32) {
+        let Some(l) = self.logs.get_mut(&id) else { return };
+        let Some(s) = l.sync.as_mut() else { return };
+        s.remaining -= 1;
+        if res < 0 {
+            s.error.get_or_insert(std::io::Error::from_raw_os_error(-res).to_string());
         }
-        let written = p.log.written_end.load(Ordering::Acquire);
-        p.log.durable_end.fetch_max(written, Ordering::AcqRel);
+        if s.remaining == 0 {
+            self.finish_sync(id);
+        }
+    }
+
+    fn finish_sync(&mut self, id: u64) {
+        let Some(l) = self.logs.get_mut(&id) else { return };
+        let Some(s) = l.sync.take() else { return };
+        if let Some(e) = s.error {
+            self.health.fail(format!("fdatasync failed: {e}"));
+        }
+        if self.health.is_failed() {
+            for w in s.waiters {
+                w.complete(Err(self.health.failure()));
+            }
+            return;
+        }
+        l.progress.durable_end.fetch_max(s.covers, Ordering::AcqRel);
         // Callbacks first: a waiter released here may rely on them having run.
-        for f in p.after.drain(..) {
+        for f in s.after {
             if let Err(e) = f() {
-                health.fail(format!("checkpoint write failed: {e}"));
+                self.health.fail(format!("checkpoint write failed: {e}"));
             }
         }
-        for w in p.waiters.drain(..) {
+        for w in s.waiters {
             w.complete(Ok(()));
         }
-        p.log.notify();
-    }
-}
-
-fn fail_info(health: &DirHealth) -> (PathBuf, String) {
-    health.failure()
-}
-
-impl Pending {
-    fn new(log: Arc<LogProgress>) -> Pending {
-        Pending {
-            log,
-            dirty: Vec::new(),
-            waiters: VecDeque::new(),
-            unflushed_records: 0,
-            first_unflushed: None,
-            force: false,
-            after: Vec::new(),
-        }
-    }
-
-    fn is_due(&self, now: Instant) -> bool {
-        let flush_messages = self.log.flush_messages.load(Ordering::Relaxed);
-        let flush_ms = self.log.flush_ms.load(Ordering::Relaxed);
-        self.force
-            || (self.unflushed_records > 0
-                && (self.unflushed_records >= flush_messages
-                    || self.first_unflushed.is_some_and(|t| {
-                        now.duration_since(t).as_millis() >= flush_ms.max(0) as u128
-                    })))
+        l.progress.notify();
     }
 }
