@@ -2,7 +2,7 @@
 # Runs the partition-log benchmarks (bench/benches/storage_log.rs) and prints every log figure
 # as a ratio to its baseline partner from the same run.
 #
-#   bench/run-storage-bench.sh                 # the whole suite (about 4 minutes on 2 cores)
+#   bench/run-storage-bench.sh                 # the whole suite (2-3 minutes on 2 cores)
 #   bench/run-storage-bench.sh append_16KiB    # only benchmarks whose id matches a filter
 #   MILLRACE_IO_ENGINE=portable bench/run-storage-bench.sh
 #
@@ -18,8 +18,13 @@ criterion_dir="$target_dir/criterion"
 mkdir -p "$criterion_dir"
 output="$criterion_dir/storage_log-output.txt"
 run_started="$(date +%s.%N)"
+# Disk and CPU benchmarks on a small machine: anything else running skews them, so say so.
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 cargo bench -p millrace-bench --bench storage_log -- "$@" 2>&1 | tee "$output"
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "load average (1, 5, 15 min) before: $load_before, after: $load_after"
 
 python3 - "$criterion_dir" "$run_started" <<'PY'
 import json

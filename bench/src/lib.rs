@@ -253,6 +253,11 @@ impl Sink for BaselineFile {
         std::fs::remove_file(&self.path)?;
         self.file = OpenOptions::new().write(true).create(true).truncate(true).open(&self.path)?;
         self.len = 0;
+        // Commit the unlink now (as `LogDir::delete_log` does for a log), so that freeing the
+        // old file's blocks is not paid by the next timed `fdatasync`.
+        if let Some(parent) = self.path.parent() {
+            File::open(parent)?.sync_all()?;
+        }
         Ok(())
     }
 }

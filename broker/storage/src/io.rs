@@ -341,8 +341,13 @@ impl Uring {
         if res < 0 {
             return Err(std::io::Error::from_raw_os_error(-res));
         }
-        let mut u =
-            Uring { ring, backlog: VecDeque::new(), in_flight: 0, wake_fd, wake_buf: Box::new([0; 8]) };
+        let mut u = Uring {
+            ring,
+            backlog: VecDeque::new(),
+            in_flight: 0,
+            wake_fd,
+            wake_buf: Box::new([0; 8]),
+        };
         u.arm_wake();
         Ok(u)
     }
@@ -378,10 +383,11 @@ impl Uring {
 
 impl Engine for Uring {
     fn write(&mut self, tag: u64, fd: RawFd, buf: &[u8], offset: u64) {
-        let entry = io_uring::opcode::Write::new(io_uring::types::Fd(fd), buf.as_ptr(), buf.len() as u32)
-            .offset(offset)
-            .build()
-            .user_data(tag);
+        let entry =
+            io_uring::opcode::Write::new(io_uring::types::Fd(fd), buf.as_ptr(), buf.len() as u32)
+                .offset(offset)
+                .build()
+                .user_data(tag);
         self.push(entry);
     }
     fn fsync(&mut self, tag: u64, fd: RawFd) {
@@ -400,7 +406,9 @@ impl Engine for Uring {
             let want = usize::from(wait && out.is_empty());
             let r = match deadline {
                 Some(d) if want > 0 => {
-                    let ts = io_uring::types::Timespec::from(d.saturating_duration_since(Instant::now()));
+                    let ts = io_uring::types::Timespec::from(
+                        d.saturating_duration_since(Instant::now()),
+                    );
                     let args = io_uring::types::SubmitArgs::new().timespec(&ts);
                     self.ring.submitter().submit_with_args(want, &args)
                 }
@@ -653,7 +661,9 @@ impl Looper {
                     }
                     // Unsynced data under a relaxed policy: sync it before leaving.
                     for log in self.logs.values_mut() {
-                        if log.sync.is_none() && (log.unsynced_records > 0 || !log.waiting.is_empty()) {
+                        if log.sync.is_none()
+                            && (log.unsynced_records > 0 || !log.waiting.is_empty())
+                        {
                             log.requests.push((None, None));
                         }
                     }
@@ -663,14 +673,16 @@ impl Looper {
                     continue;
                 }
                 let op = match self.deadline() {
-                    Some(d) => match self.rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                        Ok(op) => Some(op),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            self.shutdown = true;
-                            None
+                    Some(d) => {
+                        match self.rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                            Ok(op) => Some(op),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => {
+                                self.shutdown = true;
+                                None
+                            }
                         }
-                    },
+                    }
                     None => match self.rx.recv() {
                         Ok(op) => Some(op),
                         Err(_) => {
@@ -712,7 +724,10 @@ impl Looper {
     fn idle(&self) -> bool {
         self.engine.in_flight() == 0
             && self.logs.values().all(|l| {
-                l.writes.is_empty() && l.waiting.is_empty() && l.requests.is_empty() && l.sync.is_none()
+                l.writes.is_empty()
+                    && l.waiting.is_empty()
+                    && l.requests.is_empty()
+                    && l.sync.is_none()
             })
     }
 
@@ -804,12 +819,19 @@ impl Looper {
     fn write_completed(&mut self, id: u64, tag: u64, res: i32) {
         let Some(l) = self.logs.get_mut(&id) else { return };
         let Some(w) = l.writes.iter_mut().find(|w| w.tag == tag) else { return };
-        if res == -libc::EINTR || res == -libc::EAGAIN || (res > 0 && w.written + (res as usize) < w.data.len()) {
+        if res == -libc::EINTR
+            || res == -libc::EAGAIN
+            || (res > 0 && w.written + (res as usize) < w.data.len())
+        {
             // Retry, or continue a short write, under the same tag.
             if res > 0 {
                 w.written += res as usize;
             }
-            let (data, pos, fd) = (w.data.slice(w.written..), w.position + w.written as u64, w.segment.file.as_raw_fd());
+            let (data, pos, fd) = (
+                w.data.slice(w.written..),
+                w.position + w.written as u64,
+                w.segment.file.as_raw_fd(),
+            );
             self.tags.insert(tag, Tagged::Write(id));
             self.engine.write(tag, fd, &data, pos);
             return;
@@ -898,7 +920,8 @@ impl Looper {
         let due = !l.requests.is_empty()
             || (l.unsynced_records > 0
                 && (l.unsynced_records >= flush_messages
-                    || l.first_unsynced.is_some_and(|t| now.duration_since(t).as_millis() >= flush_ms)));
+                    || l.first_unsynced
+                        .is_some_and(|t| now.duration_since(t).as_millis() >= flush_ms)));
         if !due {
             return;
         }
@@ -913,7 +936,14 @@ impl Looper {
         l.first_unsynced = None;
         let covers = l.progress.written_end.load(Ordering::Acquire);
         let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
-        l.sync = Some(SyncGroup { remaining: fds.len(), covers, waiters, after, error: None, _files: files });
+        l.sync = Some(SyncGroup {
+            remaining: fds.len(),
+            covers,
+            waiters,
+            after,
+            error: None,
+            _files: files,
+        });
         if fds.is_empty() {
             self.finish_sync(id);
             return;
