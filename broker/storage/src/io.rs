@@ -209,6 +209,8 @@ pub(crate) struct LogProgress {
     /// Bumped when new data becomes visible; readers may wait on `changed`.
     pub(crate) version: AtomicU64,
     pub(crate) changed: (Mutex<()>, Condvar),
+    /// Tasks waiting (asynchronously) for `version` to change.
+    pub(crate) wakers: Mutex<Vec<Waker>>,
 }
 
 impl LogProgress {
@@ -222,13 +224,47 @@ impl LogProgress {
             write_failed: AtomicBool::new(false),
             version: AtomicU64::new(0),
             changed: (Mutex::new(()), Condvar::new()),
+            wakers: Mutex::new(Vec::new()),
         }
     }
 
     fn notify(&self) {
         self.version.fetch_add(1, Ordering::AcqRel);
-        let _g = self.changed.0.lock().unwrap_or_else(|e| e.into_inner());
-        self.changed.1.notify_all();
+        {
+            let _g = self.changed.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.changed.1.notify_all();
+        }
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Resolves when a log's visible data changes (see [`crate::Log::data_changed`]).
+#[derive(Debug)]
+pub struct DataChanged {
+    pub(crate) progress: Arc<LogProgress>,
+    pub(crate) seen: u64,
+}
+
+impl Future for DataChanged {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.progress.version.load(Ordering::Acquire) != self.seen {
+            return Poll::Ready(());
+        }
+        {
+            let mut wakers = self.progress.wakers.lock().unwrap_or_else(|e| e.into_inner());
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+        }
+        // Re-check: a notify between the first check and the registration would be missed.
+        if self.progress.version.load(Ordering::Acquire) != self.seen {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 

@@ -452,6 +452,11 @@ impl Log {
         self.progress.version.load(Ordering::Acquire)
     }
 
+    /// A future that resolves when `data_version()` differs from `seen` (for async long polls).
+    pub fn data_changed(&self, seen: u64) -> io::DataChanged {
+        io::DataChanged { progress: self.progress.clone(), seen }
+    }
+
     /// Blocks until `data_version()` differs from `seen` or `timeout` passes.
     pub fn wait_for_data(&self, seen: u64, timeout: Duration) {
         let (m, cv) = &self.progress.changed;

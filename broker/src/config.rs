@@ -1,0 +1,77 @@
+//! Broker configuration: `millrace serve` flags, each with an environment variable and a
+//! default, named after Kafka's broker configs where one exists.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use millrace_storage::LogConfig;
+
+/// `millrace serve` options.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to accept Kafka clients on (`listeners`).
+    #[arg(long, env = "MILLRACE_LISTEN", default_value = "127.0.0.1:9092")]
+    pub(crate) listen: SocketAddr,
+    /// `host:port` clients are told to connect to (`advertised.listeners`); defaults to --listen.
+    #[arg(long, env = "MILLRACE_ADVERTISED_LISTENER")]
+    pub(crate) advertised_listener: Option<String>,
+    /// Directory holding the partition logs and topic metadata (`log.dirs`).
+    #[arg(long, env = "MILLRACE_DATA_DIR", default_value = "millrace-data")]
+    pub(crate) data_dir: PathBuf,
+    /// This broker's id (`node.id`).
+    #[arg(long, env = "MILLRACE_NODE_ID", default_value_t = 1)]
+    pub(crate) node_id: i32,
+    /// Create a topic when a client first asks for its metadata (`auto.create.topics.enable`).
+    #[arg(long, env = "MILLRACE_AUTO_CREATE_TOPICS_ENABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) auto_create_topics_enable: bool,
+    /// Partitions of an auto-created topic, or of a CreateTopics asking for -1 (`num.partitions`).
+    #[arg(long, env = "MILLRACE_NUM_PARTITIONS", default_value_t = 1)]
+    pub(crate) num_partitions: i32,
+    /// Largest request a client may send (`socket.request.max.bytes`).
+    #[arg(long, env = "MILLRACE_SOCKET_REQUEST_MAX_BYTES", default_value_t = 104_857_600)]
+    pub(crate) socket_request_max_bytes: usize,
+    /// Requests a connection may have in progress before reading pauses.
+    #[arg(long, env = "MILLRACE_REQUESTS_IN_FLIGHT_MAX", default_value_t = 64)]
+    pub(crate) requests_in_flight_max: usize,
+    /// Default `segment.bytes` of new topics (`log.segment.bytes`).
+    #[arg(long, env = "MILLRACE_LOG_SEGMENT_BYTES", default_value_t = 1 << 30)]
+    pub(crate) log_segment_bytes: u64,
+    /// Default `retention.ms` (`log.retention.ms`); -1 keeps forever.
+    #[arg(long, env = "MILLRACE_LOG_RETENTION_MS", default_value_t = 7 * 24 * 3600 * 1000)]
+    pub(crate) log_retention_ms: i64,
+    /// Default `retention.bytes` (`log.retention.bytes`); -1 for no limit.
+    #[arg(long, env = "MILLRACE_LOG_RETENTION_BYTES", default_value_t = -1)]
+    pub(crate) log_retention_bytes: i64,
+    /// Default `max.message.bytes` (`message.max.bytes`).
+    #[arg(long, env = "MILLRACE_MESSAGE_MAX_BYTES", default_value_t = 1_048_588)]
+    pub(crate) message_max_bytes: usize,
+    /// How often retention runs (`log.retention.check.interval.ms`).
+    #[arg(long, env = "MILLRACE_LOG_RETENTION_CHECK_INTERVAL_MS", default_value_t = 300_000)]
+    pub(crate) log_retention_check_interval_ms: u64,
+}
+
+impl ServeArgs {
+    /// The log config a topic without overrides gets.
+    pub(crate) fn log_defaults(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.log_segment_bytes,
+            retention_ms: self.log_retention_ms,
+            retention_bytes: self.log_retention_bytes,
+            max_message_bytes: self.message_max_bytes,
+            ..LogConfig::default()
+        }
+    }
+
+    /// `(host, port)` advertised to clients.
+    pub(crate) fn advertised(&self) -> (String, i32) {
+        if let Some(a) = &self.advertised_listener {
+            if let Some((h, p)) = a.rsplit_once(':') {
+                if let Ok(p) = p.parse() {
+                    return (h.trim_start_matches('[').trim_end_matches(']').to_string(), p);
+                }
+            }
+        }
+        (self.listen.ip().to_string(), i32::from(self.listen.port()))
+    }
+}

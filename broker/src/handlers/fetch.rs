@@ -1,0 +1,145 @@
+//! Fetch (key 1): whole batches from each partition's log, up to `partition_max_bytes` per
+//! partition and `max_bytes` overall (the first batch of the first non-empty partition is
+//! returned even when larger, so consumers progress), waiting up to `max_wait_ms` for
+//! `min_bytes` and waking as soon as any requested partition gets new data. Fetch sessions are
+//! declined (session id 0), which Kafka allows: clients then send full requests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use millrace_protocol::{error_code as ec, RequestHeaderInfo};
+use millrace_storage::{DataChanged, Log, StorageError};
+
+use super::{respond, Response};
+use crate::state::Broker;
+
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchRequest) -> Response {
+    let v = h.api_version;
+    let mut r = FetchResponse::default();
+    if req.session_id != 0 {
+        r.error_code = FETCH_SESSION_ID_NOT_FOUND;
+        return respond(h, &r);
+    }
+    // Resolve the partitions once.
+    let mut wanted: Vec<Vec<Option<Arc<Log>>>> = Vec::new();
+    let mut unknown_code = Vec::new();
+    for t in &req.topics {
+        let topic =
+            if v >= 13 { broker.topic_by_id(t.topic_id) } else { broker.topic(t.topic.0.as_str()) };
+        unknown_code.push(if v >= 13 && topic.is_none() {
+            ec::UNKNOWN_TOPIC_ID
+        } else {
+            ec::UNKNOWN_TOPIC_OR_PARTITION
+        });
+        wanted.push(
+            t.partitions
+                .iter()
+                .map(|p| topic.as_ref().and_then(|t| t.partition(p.partition)))
+                .collect(),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let max_bytes = if req.max_bytes <= 0 { i32::MAX } else { req.max_bytes } as usize;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    loop {
+        let versions: Vec<(Arc<Log>, u64)> =
+            wanted.iter().flatten().flatten().map(|l| (l.clone(), l.data_version())).collect();
+        let (responses, total, any_error) = read(v, &req, &wanted, &unknown_code, max_bytes);
+        let now = Instant::now();
+        if total >= min_bytes || any_error || now >= deadline || versions.is_empty() {
+            r.responses = responses;
+            break;
+        }
+        let changed = AnyChanged(versions.iter().map(|(l, seen)| l.data_changed(*seen)).collect());
+        let _ = tokio::time::timeout(deadline - now, changed).await;
+    }
+    r.session_id = 0;
+    respond(h, &r)
+}
+
+fn read(
+    v: i16,
+    req: &FetchRequest,
+    wanted: &[Vec<Option<Arc<Log>>>],
+    unknown_code: &[i16],
+    max_bytes: usize,
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut out = Vec::with_capacity(req.topics.len());
+    for ((t, logs), unknown) in req.topics.iter().zip(wanted).zip(unknown_code) {
+        let mut tr = FetchableTopicResponse::default();
+        tr.topic = t.topic.clone();
+        tr.topic_id = t.topic_id;
+        for (p, log) in t.partitions.iter().zip(logs) {
+            let mut pd = PartitionData::default();
+            pd.partition_index = p.partition;
+            pd.high_watermark = -1;
+            pd.last_stable_offset = -1;
+            pd.log_start_offset = -1;
+            pd.preferred_read_replica = BrokerId(-1);
+            pd.aborted_transactions = (req.isolation_level == 1).then(Vec::new);
+            pd.records = Some(Bytes::new());
+            match log {
+                None => {
+                    pd.error_code = *unknown;
+                    any_error = true;
+                }
+                Some(log) => {
+                    let budget = (p.partition_max_bytes.max(0) as usize)
+                        .min(max_bytes.saturating_sub(total));
+                    match log.read(p.fetch_offset, budget, total == 0) {
+                        Ok(res) => {
+                            total += res.records.len();
+                            pd.high_watermark = res.high_watermark;
+                            pd.last_stable_offset = res.high_watermark;
+                            if v >= 5 {
+                                pd.log_start_offset = res.log_start_offset;
+                            }
+                            pd.records = Some(res.records);
+                        }
+                        Err(e) => {
+                            let (start, hw, _) = log.offsets();
+                            pd.high_watermark = hw;
+                            pd.last_stable_offset = hw;
+                            if v >= 5 {
+                                pd.log_start_offset = start;
+                            }
+                            pd.error_code = match e {
+                                StorageError::OffsetOutOfRange { .. } => ec::OFFSET_OUT_OF_RANGE,
+                                other => other.kafka_error_code(),
+                            };
+                            any_error = true;
+                        }
+                    }
+                }
+            }
+            tr.partitions.push(pd);
+        }
+        out.push(tr);
+    }
+    (out, total, any_error)
+}
+
+/// Resolves when any of the logs' visible data changes.
+struct AnyChanged(Vec<DataChanged>);
+
+impl Future for AnyChanged {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        for f in self.0.iter_mut() {
+            if Pin::new(f).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}

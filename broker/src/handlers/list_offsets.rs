@@ -1,0 +1,64 @@
+//! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3), earliest local (-4),
+//! latest tiered (-5, no tiered storage: -1), or the first record at or after a timestamp.
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use millrace_protocol::{error_code as ec, RequestHeaderInfo};
+use millrace_storage::{batch::BatchHeader, Log, TimestampLookup};
+
+use super::{respond, Response};
+use crate::state::Broker;
+
+pub(super) fn handle(broker: &Broker, h: &RequestHeaderInfo, req: ListOffsetsRequest) -> Response {
+    let mut r = ListOffsetsResponse::default();
+    for t in req.topics {
+        let topic = broker.topic(t.name.0.as_str());
+        let mut tr = ListOffsetsTopicResponse::default();
+        tr.name = t.name;
+        for p in t.partitions {
+            let mut pr = ListOffsetsPartitionResponse::default();
+            pr.partition_index = p.partition_index;
+            pr.timestamp = -1;
+            pr.offset = -1;
+            pr.leader_epoch = -1;
+            match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                None => pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(log) => match lookup(&log, p.timestamp) {
+                    Ok((offset, timestamp)) => {
+                        pr.offset = offset;
+                        pr.timestamp = timestamp;
+                        if h.api_version >= 4 {
+                            pr.leader_epoch = 0;
+                        }
+                    }
+                    Err(code) => pr.error_code = code,
+                },
+            }
+            tr.partitions.push(pr);
+        }
+        r.topics.push(tr);
+    }
+    respond(h, &r)
+}
+
+fn lookup(log: &Log, timestamp: i64) -> Result<(i64, i64), i16> {
+    let found = |l: Option<TimestampLookup>| match l {
+        Some(TimestampLookup { record: Some((offset, ts)), .. }) => (offset, ts),
+        // A compressed batch: its base offset and max timestamp (the records inside are not
+        // decompressed here yet).
+        Some(TimestampLookup { batch, record: None }) => BatchHeader::parse(&batch)
+            .map(|h| (h.base_offset.max(log.log_start_offset()), h.max_timestamp))
+            .unwrap_or((-1, -1)),
+        None => (-1, -1),
+    };
+    Ok(match timestamp {
+        -1 => (log.high_watermark(), -1),
+        -2 | -4 => (log.log_start_offset(), -1),
+        -3 => found(log.max_timestamp().map_err(|e| e.kafka_error_code())?),
+        -5 => (-1, -1),
+        t if t < 0 => return Err(ec::INVALID_REQUEST),
+        t => found(log.offset_for_timestamp(t).map_err(|e| e.kafka_error_code())?),
+    })
+}

@@ -1,0 +1,108 @@
+//! One file per Kafka API. [`decode`] turns a request body into a typed [`Request`] (in the
+//! connection's reader, so a malformed body closes the connection at once); [`handle`] answers
+//! it. Every API here is in `millrace_protocol::SUPPORTED_APIS`, which already checked the version.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use millrace_protocol::{decode_body, encode_response, DecodeError, RequestHeaderInfo};
+
+use crate::state::Broker;
+
+mod api_versions;
+mod create_partitions;
+mod create_topics;
+mod delete_records;
+mod delete_topics;
+mod describe_cluster;
+mod describe_configs;
+mod fetch;
+mod incremental_alter_configs;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+/// A decoded request.
+#[derive(Debug)]
+pub(crate) enum Request {
+    ApiVersions(ApiVersionsRequest),
+    /// ApiVersions at a version we do not speak: answered with the v0 body.
+    UnsupportedApiVersions,
+    Metadata(MetadataRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    DeleteRecords(DeleteRecordsRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+    CreatePartitions(CreatePartitionsRequest),
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
+    DescribeCluster(DescribeClusterRequest),
+}
+
+/// Decodes the body of a request whose header was accepted.
+pub(crate) fn decode(h: &RequestHeaderInfo, mut body: Bytes) -> Result<Request, DecodeError> {
+    if h.unsupported_api_versions {
+        return Ok(Request::UnsupportedApiVersions);
+    }
+    let v = h.api_version;
+    let b = &mut body;
+    Ok(match h.api_key {
+        ApiKey::ApiVersions => Request::ApiVersions(decode_body(b, v)?),
+        ApiKey::Metadata => Request::Metadata(decode_body(b, v)?),
+        ApiKey::Produce => Request::Produce(decode_body(b, v)?),
+        ApiKey::Fetch => Request::Fetch(decode_body(b, v)?),
+        ApiKey::ListOffsets => Request::ListOffsets(decode_body(b, v)?),
+        ApiKey::CreateTopics => Request::CreateTopics(decode_body(b, v)?),
+        ApiKey::DeleteTopics => Request::DeleteTopics(decode_body(b, v)?),
+        ApiKey::DeleteRecords => Request::DeleteRecords(decode_body(b, v)?),
+        ApiKey::DescribeConfigs => Request::DescribeConfigs(decode_body(b, v)?),
+        ApiKey::CreatePartitions => Request::CreatePartitions(decode_body(b, v)?),
+        ApiKey::IncrementalAlterConfigs => Request::IncrementalAlterConfigs(decode_body(b, v)?),
+        ApiKey::DescribeCluster => Request::DescribeCluster(decode_body(b, v)?),
+        other => {
+            return Err(DecodeError::Malformed {
+                what: "request",
+                why: format!("{other:?} is in the supported table but has no handler"),
+            })
+        }
+    })
+}
+
+/// A response frame, or `None` when the request gets no response.
+pub(crate) type Response = Result<Option<BytesMut>, String>;
+
+/// Answers a decoded request.
+pub(crate) async fn handle(broker: &Broker, h: &RequestHeaderInfo, request: Request) -> Response {
+    match request {
+        Request::ApiVersions(r) => api_versions::handle(h, r),
+        Request::UnsupportedApiVersions => api_versions::unsupported(h),
+        Request::Metadata(r) => metadata::handle(broker, h, r).await,
+        Request::Produce(r) => produce::handle(broker, h, r).await,
+        Request::Fetch(r) => fetch::handle(broker, h, r).await,
+        Request::ListOffsets(r) => list_offsets::handle(broker, h, r),
+        Request::CreateTopics(r) => create_topics::handle(broker, h, r).await,
+        Request::DeleteTopics(r) => delete_topics::handle(broker, h, r).await,
+        Request::DeleteRecords(r) => delete_records::handle(broker, h, r),
+        Request::DescribeConfigs(r) => describe_configs::handle(broker, h, r),
+        Request::CreatePartitions(r) => create_partitions::handle(broker, h, r).await,
+        Request::IncrementalAlterConfigs(r) => {
+            incremental_alter_configs::handle(broker, h, r).await
+        }
+        Request::DescribeCluster(r) => describe_cluster::handle(broker, h, r),
+    }
+}
+
+/// Encodes `body` as the response to `h`.
+pub(crate) fn respond<T: Encodable>(h: &RequestHeaderInfo, body: &T) -> Response {
+    encode_response(h.api_key, h.api_version, h.correlation_id, body).map(Some)
+}
+
+pub(crate) fn sb(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+pub(crate) fn topic_name(s: &str) -> TopicName {
+    TopicName(sb(s))
+}

@@ -1,0 +1,90 @@
+//! Produce (key 0): appends each partition's record set to its log. acks=0 gets no response,
+//! acks=1 is answered once the batches are ordered in the log, acks=-1 (all) once they are
+//! fsynced (the log's group commit), without holding up the connection's other requests.
+
+use std::time::Duration;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use millrace_protocol::{error_code as ec, RequestHeaderInfo};
+use millrace_storage::Durable;
+
+use super::{respond, sb, Response};
+use crate::state::Broker;
+
+pub(super) async fn handle(
+    broker: &Broker,
+    h: &RequestHeaderInfo,
+    req: ProduceRequest,
+) -> Response {
+    let acks = req.acks;
+    let mut waits: Vec<(usize, usize, Durable)> = Vec::new();
+    let mut r = ProduceResponse::default();
+    for (ti, topic_data) in req.topic_data.into_iter().enumerate() {
+        let topic = if h.api_version >= 13 {
+            broker.topic_by_id(topic_data.topic_id)
+        } else {
+            broker.topic(topic_data.name.0.as_str())
+        };
+        let unknown =
+            if h.api_version >= 13 { ec::UNKNOWN_TOPIC_ID } else { ec::UNKNOWN_TOPIC_OR_PARTITION };
+        let mut t = TopicProduceResponse::default();
+        t.name = topic_data.name.clone();
+        t.topic_id = topic_data.topic_id;
+        for (pi, pd) in topic_data.partition_data.into_iter().enumerate() {
+            let mut p = PartitionProduceResponse::default();
+            p.index = pd.index;
+            p.base_offset = -1;
+            p.log_append_time_ms = -1;
+            p.log_start_offset = -1;
+            let log = topic.as_ref().and_then(|t| t.partition(pd.index));
+            match (acks, log, pd.records) {
+                (a, _, _) if !matches!(a, -1..=1) => p.error_code = ec::INVALID_REQUIRED_ACKS,
+                (_, None, _) => p.error_code = unknown,
+                (_, Some(_), None) => {
+                    p.error_code = ec::INVALID_RECORD;
+                    p.error_message = (h.api_version >= 8).then(|| sb("null record set"));
+                }
+                (_, Some(log), Some(records)) => match log.append(&records) {
+                    Ok(info) => {
+                        p.base_offset = info.base_offset;
+                        p.log_append_time_ms = info.log_append_time_ms;
+                        if h.api_version >= 5 {
+                            p.log_start_offset = log.log_start_offset();
+                        }
+                        if acks == -1 {
+                            waits.push((ti, pi, info.durable));
+                        }
+                    }
+                    Err(e) => {
+                        p.error_code = e.kafka_error_code();
+                        p.error_message = (h.api_version >= 8).then(|| sb(e.to_string()));
+                    }
+                },
+            }
+            t.partition_responses.push(p);
+        }
+        r.responses.push(t);
+    }
+    if acks == 0 {
+        // Durability still happens; the client asked for no answer.
+        return Ok(None);
+    }
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    for (ti, pi, durable) in waits {
+        let p = &mut r.responses[ti].partition_responses[pi];
+        match tokio::time::timeout(timeout, durable).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                p.error_code = e.kafka_error_code();
+                p.error_message = (h.api_version >= 8).then(|| sb(e.to_string()));
+            }
+            Err(_) => {
+                p.error_code = ec::REQUEST_TIMED_OUT;
+                p.error_message =
+                    (h.api_version >= 8).then(|| sb("not durable within the request's timeout_ms"));
+            }
+        }
+    }
+    respond(h, &r)
+}

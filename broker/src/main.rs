@@ -1,0 +1,71 @@
+//! `millrace`: the broker binary. `millrace serve` runs a single-node Kafka-compatible broker.
+
+mod config;
+mod handlers;
+mod server;
+mod state;
+mod topic_config;
+
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+/// Serves large allocations from address space so that hostile element counts in requests
+/// cannot abort the process (see `millrace_protocol::alloc`).
+#[global_allocator]
+static ALLOC: millrace_protocol::alloc::GuardedAlloc = millrace_protocol::alloc::GuardedAlloc;
+
+#[derive(Debug, Parser)]
+#[command(name = "millrace", version, about = "A Kafka-compatible streaming broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (Kafka protocol on --listen, data in --data-dir).
+    Serve(config::ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: config::ServeArgs) -> std::process::ExitCode {
+    if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() == "2") {
+        tracing::warn!(
+            "vm.overcommit_memory=2: a request with a huge element count could abort the broker"
+        );
+    }
+    let broker = match state::Broker::open(args) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the data directory");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::serve(broker)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

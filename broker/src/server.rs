@@ -1,0 +1,212 @@
+//! The network side: the accept loop, one task per connection, graceful shutdown.
+//!
+//! A connection's reader takes frames (4-byte length, then the request), checks the length
+//! against `socket.request.max.bytes` before reading the body (and grows the buffer only as bytes
+//! arrive), parses the header and starts a task per request. Responses go back in request order
+//! through a bounded queue (`requests_in_flight_max`): later requests are being worked on while an
+//! earlier one (an acks=all produce waiting for its fsync, a long-polling fetch) is still running.
+//! A frame that cannot be taken (bad length, unknown API key, unsupported version, malformed
+//! header or body) closes the connection after the responses before it, with one log line;
+//! other connections never notice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use millrace_protocol::{parse_header, FRAME_LEN_PREFIX};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::handlers;
+use crate::state::Broker;
+
+/// Bytes read from a socket at a time while a frame body arrives.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long shutdown waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the broker until SIGTERM or SIGINT, then stops accepting, lets in-flight requests
+/// finish and closes the logs cleanly.
+pub(crate) async fn serve(broker: Arc<Broker>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(broker.args.listen).await?;
+    let local = listener.local_addr()?;
+    let (host, port) = broker.args.advertised();
+    tracing::info!(listen = %local, advertised = %format!("{host}:{port}"), node_id = broker.node_id(), cluster_id = %broker.cluster_id, "millrace is serving Kafka clients");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+
+    let retention = {
+        let broker = broker.clone();
+        let every = Duration::from_millis(broker.args.log_retention_check_interval_ms.max(100));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => break,
+                }
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.enforce_retention()).await;
+            }
+        })
+    };
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let broker = broker.clone();
+                    let stop = stop_rx.clone();
+                    connections.spawn(async move { connection(broker, stream, peer, stop).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+    retention.abort();
+    let b = broker.clone();
+    let _ = tokio::task::spawn_blocking(move || b.close()).await;
+    tracing::info!("logs synced and closed; bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// A response on its way back: `None` for requests that get none (acks=0 produce).
+type Pending = oneshot::Receiver<Option<BytesMut>>;
+
+async fn connection(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(broker.args.requests_in_flight_max.max(1));
+    let writer = tokio::spawn(async move {
+        while let Some(pending) = rx.recv().await {
+            match pending.await {
+                Ok(Some(buf)) => {
+                    wr.write_all(&buf).await?;
+                }
+                Ok(None) => {}
+                Err(_) => return Ok(()), // the handler was dropped (shutdown)
+            }
+        }
+        wr.shutdown().await
+    });
+    let reason = tokio::select! {
+        r = read_loop(&broker, &mut rd, &tx) => r,
+        _ = stop.wait_for(|s| *s) => Ok(()),
+    };
+    drop(tx); // the writer finishes what is queued, then closes
+    if let Err(reason) = reason {
+        tracing::warn!(%peer, %reason, "closing connection");
+    }
+    match writer.await {
+        Ok(Err(e))
+            if e.kind() != std::io::ErrorKind::BrokenPipe
+                && e.kind() != std::io::ErrorKind::ConnectionReset =>
+        {
+            tracing::debug!(%peer, error = %e, "write failed")
+        }
+        _ => {}
+    }
+}
+
+/// Reads and dispatches requests until the peer closes (`Ok`) or a frame cannot be taken (`Err`
+/// with the reason to log).
+async fn read_loop(
+    broker: &Arc<Broker>,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    tx: &mpsc::Sender<Pending>,
+) -> Result<(), String> {
+    let max = broker.args.socket_request_max_bytes;
+    loop {
+        let mut len_buf = [0u8; FRAME_LEN_PREFIX];
+        match rd.read_exact(&mut len_buf).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+        let len = i32::from_be_bytes(len_buf);
+        if len < 0 || len as usize > max {
+            return Err(format!(
+                "request length {len} is outside [0, socket.request.max.bytes {max}]"
+            ));
+        }
+        let len = len as usize;
+        // Grow with what arrives, never by what the length claims.
+        let mut frame = BytesMut::with_capacity(len.min(READ_CHUNK));
+        while frame.len() < len {
+            let want = (len - frame.len()).min(READ_CHUNK);
+            frame.reserve(want);
+            let n = rd
+                .read_buf(&mut (&mut frame).limit(want))
+                .await
+                .map_err(|e| format!("read failed: {e}"))?;
+            if n == 0 {
+                return Err(format!("connection closed in the middle of a {len}-byte request"));
+            }
+        }
+        let mut frame: Bytes = frame.freeze();
+        let header = parse_header(&mut frame).map_err(|e| e.to_string())?;
+        let request = handlers::decode(&header, frame).map_err(|e| {
+            format!(
+                "{:?} v{} (correlation id {}): {e}",
+                header.api_key, header.api_version, header.correlation_id
+            )
+        })?;
+        let (otx, orx) = oneshot::channel();
+        if tx.send(orx).await.is_err() {
+            return Ok(());
+        }
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            match handlers::handle(&broker, &header, request).await {
+                Ok(resp) => {
+                    let _ = otx.send(resp);
+                }
+                // Dropping `otx` makes the writer close the connection after earlier responses.
+                Err(e) => tracing::error!(
+                    api = ?header.api_key,
+                    version = header.api_version,
+                    error = %e,
+                    "could not answer a request"
+                ),
+            }
+        });
+    }
+}
+
+use bytes::BufMut as _;
