@@ -4,11 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: a C toolchain for crates that build C, and e2fsprogs + mount for the
+# System packages: a C toolchain for crates that build C; kcat (Debian's librdkafka client) for
+# the end-to-end tests; python3 with venv for the Python clients; e2fsprogs + mount for the
 # full-disk test (a loop-mounted ext4 image; it needs root and says so when it cannot mount).
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v kcat >/dev/null || need+=(kcat)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v mount >/dev/null || need+=(mount)
 if [ ${#need[@]} -gt 0 ]; then
@@ -22,6 +26,13 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# Python clients in a virtualenv under target/ (kept between runs).
+venv=target/e2e-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+cargo build --bin millrace
+MILLRACE_BIN="$PWD/target/debug/millrace" "$venv/bin/python" -m pytest -q tests/e2e

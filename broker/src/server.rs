@@ -101,8 +101,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// A response on its way back: `None` for requests that get none (acks=0 produce).
-type Pending = oneshot::Receiver<Option<BytesMut>>;
+/// A response on its way back (frame chunks): `None` for requests that get none (acks=0
+/// produce).
+type Pending = oneshot::Receiver<Option<Vec<Bytes>>>;
 
 async fn connection(
     broker: Arc<Broker>,
@@ -116,9 +117,7 @@ async fn connection(
     let writer = tokio::spawn(async move {
         while let Some(pending) = rx.recv().await {
             match pending.await {
-                Ok(Some(buf)) => {
-                    wr.write_all(&buf).await?;
-                }
+                Ok(Some(chunks)) => write_chunks(&mut wr, &chunks).await?,
                 Ok(None) => {}
                 Err(_) => return Ok(()), // the handler was dropped (shutdown)
             }
@@ -142,6 +141,41 @@ async fn connection(
         }
         _ => {}
     }
+}
+
+/// Writes all chunks with vectored writes.
+async fn write_chunks(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    chunks: &[Bytes],
+) -> std::io::Result<()> {
+    let (mut i, mut off) = (0usize, 0usize);
+    while i < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&chunks[i][off..])
+            .chain(chunks[i + 1..].iter().map(|c| &c[..]))
+            .take(64)
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < chunks.len() {
+            let left = chunks[i].len() - off;
+            if n >= left {
+                n -= left;
+                i += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+        while i < chunks.len() && chunks[i].len() == off {
+            i += 1;
+            off = 0;
+        }
+    }
+    Ok(())
 }
 
 /// Reads and dispatches requests until the peer closes (`Ok`) or a frame cannot be taken (`Err`
@@ -191,9 +225,11 @@ async fn read_loop(
         if tx.send(orx).await.is_err() {
             return Ok(());
         }
-        let broker = broker.clone();
+        // In request order: appends and topic changes happen here, before the next request is
+        // read. What may take a while (fsync waits, long polls) runs on its own.
+        let rest = handlers::start(broker, &header, request).await;
         tokio::spawn(async move {
-            match handlers::handle(&broker, &header, request).await {
+            match rest.await {
                 Ok(resp) => {
                     let _ = otx.send(resp);
                 }

@@ -134,6 +134,32 @@ pub fn encode_response<T: Encodable>(
     Ok(out)
 }
 
+/// Like [`encode_response`], but `Bytes` passed in `shared` that the body holds (fetched record
+/// batches) are referenced by the returned chunks instead of copied.
+pub fn encode_response_chunks<T: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+    shared: &[Bytes],
+) -> Result<Vec<Bytes>, String> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = response_header_version(api_key, version);
+    let size = header.compute_size(header_version).map_err(|e| e.to_string())?
+        + body.compute_size(version).map_err(|e| e.to_string())?;
+    let mut out = crate::ChunkedBuf::new();
+    for b in shared {
+        out.share(b);
+    }
+    out.put_i32(size as i32);
+    header.encode(&mut out, header_version).map_err(|e| e.to_string())?;
+    body.encode(&mut out, version).map_err(|e| e.to_string())?;
+    if out.len() != FRAME_LEN_PREFIX + size {
+        return Err(format!("encoded {} bytes, computed {}", out.len(), FRAME_LEN_PREFIX + size));
+    }
+    Ok(out.into_chunks())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,14 @@
 //! back.
 
 pub mod alloc;
+mod chunked;
 mod codec;
 mod versions;
 
+pub use chunked::ChunkedBuf;
 pub use codec::{
-    decode_body, encode_response, parse_header, response_header_version, DecodeError,
-    RequestHeaderInfo, FRAME_LEN_PREFIX,
+    decode_body, encode_response, encode_response_chunks, parse_header, response_header_version,
+    DecodeError, RequestHeaderInfo, FRAME_LEN_PREFIX,
 };
 pub use kafka_protocol;
 pub use versions::{supported_range, SUPPORTED_APIS};

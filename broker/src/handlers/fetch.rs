@@ -16,7 +16,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
 use millrace_storage::{DataChanged, Log, StorageError};
 
-use super::{respond, Response};
+use super::Response;
 use crate::state::Broker;
 
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
@@ -26,7 +26,7 @@ pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchReq
     let mut r = FetchResponse::default();
     if req.session_id != 0 {
         r.error_code = FETCH_SESSION_ID_NOT_FOUND;
-        return respond(h, &r);
+        return super::respond(h, &r);
     }
     // Resolve the partitions once.
     let mut wanted: Vec<Vec<Option<Arc<Log>>>> = Vec::new();
@@ -62,7 +62,21 @@ pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchReq
         let _ = tokio::time::timeout(deadline - now, changed).await;
     }
     r.session_id = 0;
-    respond(h, &r)
+    // The fetched batches go out as references to the segment memory, not copies.
+    let shared: Vec<Bytes> = r
+        .responses
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .filter_map(|p| p.records.clone())
+        .collect();
+    millrace_protocol::encode_response_chunks(
+        h.api_key,
+        h.api_version,
+        h.correlation_id,
+        &r,
+        &shared,
+    )
+    .map(Some)
 }
 
 fn read(

@@ -2,7 +2,11 @@
 //! connection's reader, so a malformed body closes the connection at once); [`handle`] answers
 //! it. Every API here is in `millrace_protocol::SUPPORTED_APIS`, which already checked the version.
 
-use bytes::{Bytes, BytesMut};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use millrace_protocol::{decode_body, encode_response, DecodeError, RequestHeaderInfo};
@@ -70,33 +74,48 @@ pub(crate) fn decode(h: &RequestHeaderInfo, mut body: Bytes) -> Result<Request, 
     })
 }
 
-/// A response frame, or `None` when the request gets no response.
-pub(crate) type Response = Result<Option<BytesMut>, String>;
+/// A response frame as chunks to write in order (see `millrace_protocol::ChunkedBuf`), or
+/// `None` when the request gets no response.
+pub(crate) type Response = Result<Option<Vec<Bytes>>, String>;
 
-/// Answers a decoded request.
-pub(crate) async fn handle(broker: &Broker, h: &RequestHeaderInfo, request: Request) -> Response {
+/// The part of a request that may finish later, concurrently with the connection's next
+/// requests (a durability wait, a long poll). Its response still goes out in request order.
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// Starts answering a decoded request. Everything that must happen in request order (appends,
+/// topic changes) happens before this returns; what is left is the returned future.
+pub(crate) async fn start(
+    broker: &Arc<Broker>,
+    h: &RequestHeaderInfo,
+    request: Request,
+) -> Deferred {
+    let done = |r: Response| -> Deferred { Box::pin(std::future::ready(r)) };
     match request {
-        Request::ApiVersions(r) => api_versions::handle(h, r),
-        Request::UnsupportedApiVersions => api_versions::unsupported(h),
-        Request::Metadata(r) => metadata::handle(broker, h, r).await,
-        Request::Produce(r) => produce::handle(broker, h, r).await,
-        Request::Fetch(r) => fetch::handle(broker, h, r).await,
-        Request::ListOffsets(r) => list_offsets::handle(broker, h, r),
-        Request::CreateTopics(r) => create_topics::handle(broker, h, r).await,
-        Request::DeleteTopics(r) => delete_topics::handle(broker, h, r).await,
-        Request::DeleteRecords(r) => delete_records::handle(broker, h, r),
-        Request::DescribeConfigs(r) => describe_configs::handle(broker, h, r),
-        Request::CreatePartitions(r) => create_partitions::handle(broker, h, r).await,
-        Request::IncrementalAlterConfigs(r) => {
-            incremental_alter_configs::handle(broker, h, r).await
+        Request::ApiVersions(r) => done(api_versions::handle(h, r)),
+        Request::UnsupportedApiVersions => done(api_versions::unsupported(h)),
+        Request::Metadata(r) => done(metadata::handle(broker, h, r).await),
+        Request::Produce(r) => produce::start(broker, h, r),
+        Request::Fetch(r) => {
+            let (broker, h) = (broker.clone(), h.clone());
+            Box::pin(async move { fetch::handle(&broker, &h, r).await })
         }
-        Request::DescribeCluster(r) => describe_cluster::handle(broker, h, r),
+        Request::ListOffsets(r) => done(list_offsets::handle(broker, h, r)),
+        Request::CreateTopics(r) => done(create_topics::handle(broker, h, r).await),
+        Request::DeleteTopics(r) => done(delete_topics::handle(broker, h, r).await),
+        Request::DeleteRecords(r) => done(delete_records::handle(broker, h, r)),
+        Request::DescribeConfigs(r) => done(describe_configs::handle(broker, h, r)),
+        Request::CreatePartitions(r) => done(create_partitions::handle(broker, h, r).await),
+        Request::IncrementalAlterConfigs(r) => {
+            done(incremental_alter_configs::handle(broker, h, r).await)
+        }
+        Request::DescribeCluster(r) => done(describe_cluster::handle(broker, h, r)),
     }
 }
 
 /// Encodes `body` as the response to `h`.
 pub(crate) fn respond<T: Encodable>(h: &RequestHeaderInfo, body: &T) -> Response {
-    encode_response(h.api_key, h.api_version, h.correlation_id, body).map(Some)
+    encode_response(h.api_key, h.api_version, h.correlation_id, body)
+        .map(|b| Some(vec![b.freeze()]))
 }
 
 pub(crate) fn sb(s: impl Into<String>) -> StrBytes {

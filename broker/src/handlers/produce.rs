@@ -9,14 +9,12 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
 use millrace_storage::Durable;
 
-use super::{respond, sb, Response};
+use super::{respond, sb, Deferred, Response};
 use crate::state::Broker;
 
-pub(super) async fn handle(
-    broker: &Broker,
-    h: &RequestHeaderInfo,
-    req: ProduceRequest,
-) -> Response {
+/// Appends every partition's records now (in request order); the returned future waits for
+/// durability (acks=all) and encodes the answer.
+pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest) -> Deferred {
     let acks = req.acks;
     let mut waits: Vec<(usize, usize, Durable)> = Vec::new();
     let mut r = ProduceResponse::default();
@@ -68,9 +66,19 @@ pub(super) async fn handle(
     }
     if acks == 0 {
         // Durability still happens; the client asked for no answer.
-        return Ok(None);
+        return Box::pin(std::future::ready(Ok(None)));
     }
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let h = h.clone();
+    Box::pin(async move { finish(&h, r, waits, timeout).await })
+}
+
+async fn finish(
+    h: &RequestHeaderInfo,
+    mut r: ProduceResponse,
+    waits: Vec<(usize, usize, Durable)>,
+    timeout: Duration,
+) -> Response {
     for (ti, pi, durable) in waits {
         let p = &mut r.responses[ti].partition_responses[pi];
         match tokio::time::timeout(timeout, durable).await {
