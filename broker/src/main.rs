@@ -1,5 +1,6 @@
 //! `millrace`: the broker binary. `millrace serve` runs a single-node Kafka-compatible broker.
 
+mod cli;
 mod config;
 mod handlers;
 mod server;
@@ -26,6 +27,27 @@ struct Cli {
 enum Command {
     /// Run the broker (Kafka protocol on --listen, data in --data-dir).
     Serve(config::ServeArgs),
+    /// Create, list, describe, delete topics and alter their configs (on any Kafka broker).
+    Topic {
+        #[command(flatten)]
+        connect: cli::Connect,
+        #[command(subcommand)]
+        command: cli::TopicCommand,
+    },
+    /// Produce lines from stdin as records (on any Kafka broker).
+    Produce {
+        #[command(flatten)]
+        connect: cli::Connect,
+        #[command(flatten)]
+        args: cli::ProduceArgs,
+    },
+    /// Print records of a partition (on any Kafka broker).
+    Consume {
+        #[command(flatten)]
+        connect: cli::Connect,
+        #[command(flatten)]
+        args: cli::ConsumeArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,8 +58,32 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => serve(args),
+    let tool = match cli.command {
+        Command::Serve(args) => return serve(args),
+        Command::Topic { connect, command } => tool(cli::topic(connect, command)),
+        Command::Produce { connect, args } => tool(cli::produce(connect, args)),
+        Command::Consume { connect, args } => tool(cli::consume(connect, args)),
+    };
+    tool
+}
+
+/// Runs a client tool on a small runtime; errors go to stderr with exit status 1.
+fn tool(
+    f: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("millrace: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("millrace: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -322,6 +322,70 @@ pub fn first_record_at_or_after(
     Some(None)
 }
 
+/// One record of an uncompressed batch, borrowed from the batch bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+}
+
+/// The records of one whole uncompressed batch, or `None` if the batch is compressed or does
+/// not parse. With LogAppendTime every record gets the batch's max timestamp.
+pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
+    let h = BatchHeader::parse(batch)?;
+    if h.compression() != 0 {
+        return None;
+    }
+    let body = batch.get(BATCH_HEADER_LEN..h.total_len()?)?;
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for _ in 0..h.record_count.max(0) {
+        let len = usize::try_from(read_varlong(body, &mut at)?).ok()?;
+        let end = at.checked_add(len).filter(|&e| e <= body.len())?;
+        let r = &body[at..end];
+        let mut p = 1usize; // attributes
+        let ts_delta = read_varlong(r, &mut p)?;
+        let off_delta = read_varlong(r, &mut p)?;
+        let key = read_bytes(r, &mut p)?;
+        let value = read_bytes(r, &mut p)?;
+        let n = read_varlong(r, &mut p)?;
+        let mut headers = Vec::new();
+        for _ in 0..n.max(0) {
+            let k = read_bytes(r, &mut p)??;
+            let v = read_bytes(r, &mut p)?;
+            headers.push((k, v));
+        }
+        out.push(RecordView {
+            offset: h.base_offset + off_delta,
+            timestamp: if h.is_log_append_time() {
+                h.max_timestamp
+            } else {
+                h.base_timestamp + ts_delta
+            },
+            key,
+            value,
+            headers,
+        });
+        at = end;
+    }
+    Some(out)
+}
+
+/// A varint-length-prefixed byte string (`-1` for null) at `*at`.
+fn read_bytes<'a>(r: &'a [u8], at: &mut usize) -> Option<Option<&'a [u8]>> {
+    let n = read_varlong(r, at)?;
+    if n < 0 {
+        return (n == -1).then_some(None);
+    }
+    let end = at.checked_add(usize::try_from(n).ok()?).filter(|&e| e <= r.len())?;
+    let s = &r[*at..end];
+    *at = end;
+    Some(Some(s))
+}
+
 /// Writes the broker-owned fields of one validated batch in place.
 pub(crate) fn assign(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[OFF_BASE_OFFSET..OFF_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
@@ -532,6 +596,18 @@ mod tests {
         assert!(h.is_log_append_time());
         assert_eq!(h.max_timestamp, 99_999);
         assert_eq!(first_record_at_or_after(&b, 99_999, 0), Some(Some((42, 99_999))));
+    }
+
+    #[test]
+    fn records_round_trip_through_the_view() {
+        let b = sample();
+        let rs = records(&b).unwrap();
+        assert_eq!(rs.len(), 3);
+        assert_eq!(rs[0].key, Some(&b"k"[..]));
+        assert_eq!(rs[0].value, None);
+        assert_eq!(rs[0].headers, vec![(&b"h"[..], Some(&b"v"[..])), (&b"n"[..], None)]);
+        assert_eq!((rs[1].offset, rs[1].timestamp, rs[1].value), (1, 1005, Some(&b"hello"[..])));
+        assert_eq!(rs[2].value.map(|v| v.len()), Some(300));
     }
 
     #[test]
