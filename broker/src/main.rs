@@ -58,13 +58,12 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let tool = match cli.command {
-        Command::Serve(args) => return serve(args),
+    match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Topic { connect, command } => tool(cli::topic(connect, command)),
         Command::Produce { connect, args } => tool(cli::produce(connect, args)),
         Command::Consume { connect, args } => tool(cli::consume(connect, args)),
-    };
-    tool
+    }
 }
 
 /// Runs a client tool on a small runtime; errors go to stderr with exit status 1.
