@@ -3,7 +3,7 @@
 //!
 //! A small client on the `kafka-protocol` crate: ApiVersions first, then every request at the
 //! newest version both sides speak. `produce` sends uncompressed batches of lines from stdin;
-//! `consume` prints records like kcat does (`-f`-style format with %t %p %o %k %s %T %h).
+//! `consume` prints records (any codec) like kcat does (`-f`-style format with %t %p %o %k %s %T %h).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
@@ -12,6 +12,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::{Args, Subcommand};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use millrace_protocol::records::OwnedRecord;
 use millrace_storage::batch::{self, BatchBuilder, BatchHeader, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -453,14 +454,13 @@ pub(crate) async fn consume(connect: Connect, args: ConsumeArgs) -> Result<()> {
             let Some(h) = BatchHeader::parse(&buf) else { break };
             let Some(len) = h.total_len().filter(|&l| l <= buf.len()) else { break };
             let one = buf.split_to(len);
-            let recs = batch::records(&one).ok_or(
-                "a compressed batch: this tool reads uncompressed batches only (use kcat)",
-            )?;
-            for rec in recs {
+            let (_, recs) = millrace_protocol::records::decode_records(&one)
+                .map_err(|e| format!("batch at offset {}: {e}", h.base_offset))?;
+            for rec in &recs {
                 if rec.offset < offset {
                     continue;
                 }
-                print_record(&mut out, &args, &rec)?;
+                print_record(&mut out, &args, rec)?;
                 offset = rec.offset + 1;
                 got_any = true;
                 printed += 1;
@@ -479,7 +479,7 @@ pub(crate) async fn consume(connect: Connect, args: ConsumeArgs) -> Result<()> {
     }
 }
 
-fn print_record(out: &mut impl Write, args: &ConsumeArgs, r: &batch::RecordView<'_>) -> Result<()> {
+fn print_record(out: &mut impl Write, args: &ConsumeArgs, r: &OwnedRecord) -> Result<()> {
     let mut chars = args.format.chars().peekable();
     while let Some(ch) = chars.next() {
         match (ch, chars.peek().copied()) {
@@ -489,8 +489,8 @@ fn print_record(out: &mut impl Write, args: &ConsumeArgs, r: &batch::RecordView<
                     't' => out.write_all(args.topic.as_bytes())?,
                     'p' => write!(out, "{}", args.partition)?,
                     'o' => write!(out, "{}", r.offset)?,
-                    'k' => out.write_all(r.key.unwrap_or_default())?,
-                    's' => out.write_all(r.value.unwrap_or_default())?,
+                    'k' => out.write_all(r.key.as_deref().unwrap_or_default())?,
+                    's' => out.write_all(r.value.as_deref().unwrap_or_default())?,
                     'T' => write!(out, "{}", r.timestamp)?,
                     'h' => {
                         for (i, (k, v)) in r.headers.iter().enumerate() {
@@ -499,7 +499,7 @@ fn print_record(out: &mut impl Write, args: &ConsumeArgs, r: &batch::RecordView<
                             }
                             out.write_all(k)?;
                             out.write_all(b"=")?;
-                            out.write_all(v.unwrap_or_default())?;
+                            out.write_all(v.as_deref().unwrap_or_default())?;
                         }
                     }
                     '%' => out.write_all(b"%")?,

@@ -10,6 +10,7 @@
 pub mod alloc;
 mod chunked;
 mod codec;
+pub mod records;
 mod versions;
 
 pub use chunked::ChunkedBuf;

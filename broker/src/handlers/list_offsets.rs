@@ -5,6 +5,7 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use millrace_protocol::records::decode_records;
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
 use millrace_storage::{batch::BatchHeader, Log, TimestampLookup};
 
@@ -44,21 +45,34 @@ pub(super) fn handle(broker: &Broker, h: &RequestHeaderInfo, req: ListOffsetsReq
 }
 
 fn lookup(log: &Log, timestamp: i64) -> Result<(i64, i64), i16> {
-    let found = |l: Option<TimestampLookup>| match l {
+    // `target`: the timestamp looked for; `None` for the max timestamp (that of the batch).
+    let found = |l: Option<TimestampLookup>, target: Option<i64>| match l {
         Some(TimestampLookup { record: Some((offset, ts)), .. }) => (offset, ts),
-        // A compressed batch: its base offset and max timestamp (the records inside are not
-        // decompressed here yet).
-        Some(TimestampLookup { batch, record: None }) => BatchHeader::parse(&batch)
-            .map(|h| (h.base_offset.max(log.log_start_offset()), h.max_timestamp))
-            .unwrap_or((-1, -1)),
+        // A compressed batch: decompress it to find the record.
+        Some(TimestampLookup { batch, record: None }) => {
+            let start = log.log_start_offset();
+            match decode_records(&batch) {
+                Ok((h, records)) => {
+                    let target = target.unwrap_or(h.max_timestamp);
+                    records
+                        .iter()
+                        .find(|r| r.offset >= start && r.timestamp >= target)
+                        .map(|r| (r.offset, r.timestamp))
+                        .unwrap_or((-1, -1))
+                }
+                Err(_) => BatchHeader::parse(&batch)
+                    .map(|h| (h.base_offset.max(start), h.max_timestamp))
+                    .unwrap_or((-1, -1)),
+            }
+        }
         None => (-1, -1),
     };
     Ok(match timestamp {
         -1 => (log.high_watermark(), -1),
         -2 | -4 => (log.log_start_offset(), -1),
-        -3 => found(log.max_timestamp().map_err(|e| e.kafka_error_code())?),
+        -3 => found(log.max_timestamp().map_err(|e| e.kafka_error_code())?, None),
         -5 => (-1, -1),
         t if t < 0 => return Err(ec::INVALID_REQUEST),
-        t => found(log.offset_for_timestamp(t).map_err(|e| e.kafka_error_code())?),
+        t => found(log.offset_for_timestamp(t).map_err(|e| e.kafka_error_code())?, Some(t)),
     })
 }

@@ -43,6 +43,13 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
                     p.error_code = ec::INVALID_RECORD;
                     p.error_message = (h.api_version >= 8).then(|| sb("null record set"));
                 }
+                (_, Some(_), Some(records))
+                    if millrace_protocol::records::check_compressed(&records).is_err() =>
+                {
+                    let why = millrace_protocol::records::check_compressed(&records).err();
+                    p.error_code = ec::CORRUPT_MESSAGE;
+                    p.error_message = (h.api_version >= 8).then(|| sb(why.unwrap_or_default()));
+                }
                 (_, Some(log), Some(records)) => match log.append(&records) {
                     Ok(info) => {
                         p.base_offset = info.base_offset;

@@ -239,9 +239,10 @@ pub struct RecordInfo {
     pub timestamp_delta: i64,
 }
 
-/// Walks the records of an uncompressed batch body and checks that exactly `count` records fill
+/// Walks the records of an uncompressed batch body (or a compressed batch's decompressed
+/// contents) and checks that exactly `count` records fill
 /// it. Every length is checked against the bytes present before it is used.
-fn check_records(body: &[u8], count: i32) -> std::result::Result<(), String> {
+pub fn check_records(body: &[u8], count: i32) -> std::result::Result<(), String> {
     let mut at = 0usize;
     for i in 0..count {
         record_at(body, &mut at).ok_or_else(|| format!("record {i} does not parse"))?;
@@ -339,7 +340,12 @@ pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
     if h.compression() != 0 {
         return None;
     }
-    let body = batch.get(BATCH_HEADER_LEN..h.total_len()?)?;
+    records_in(&h, batch.get(BATCH_HEADER_LEN..h.total_len()?)?)
+}
+
+/// The records in `body`: the uncompressed record bytes of the batch whose header is `h` (the
+/// batch body itself, or its decompressed contents).
+pub fn records_in<'a>(h: &BatchHeader, body: &'a [u8]) -> Option<Vec<RecordView<'a>>> {
     let mut out = Vec::new();
     let mut at = 0usize;
     for _ in 0..h.record_count.max(0) {
