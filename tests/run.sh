@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v make >/dev/null || need+=(make)
+# librdkafka (built by the rdkafka crate for tests/rust) links zlib and zstd from Debian.
+pkg-config --exists zlib 2>/dev/null || need+=(zlib1g-dev)
+pkg-config --exists libzstd 2>/dev/null || need+=(libzstd-dev)
 command -v kcat >/dev/null || need+=(kcat)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
@@ -33,6 +37,8 @@ venv=target/e2e-venv
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+# The end-to-end tests (tests/rust, tests/e2e) start this binary.
 cargo build --bin millrace
-MILLRACE_BIN="$PWD/target/debug/millrace" "$venv/bin/python" -m pytest -q tests/e2e
+export MILLRACE_BIN="$PWD/target/debug/millrace"
+cargo test --workspace
+"$venv/bin/python" -m pytest -q tests/e2e
