@@ -35,7 +35,7 @@ pub(crate) async fn serve(broker: Arc<Broker>) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let (host, port) = broker.args.advertised();
     tracing::info!(listen = %local, advertised = %format!("{host}:{port}"), node_id = broker.node_id(), cluster_id = %broker.cluster_id, "millrace is serving Kafka clients");
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx = broker.shutdown.subscribe();
     let mut connections = JoinSet::new();
 
     let retention = {
@@ -75,7 +75,7 @@ pub(crate) async fn serve(broker: Arc<Broker>) -> std::io::Result<()> {
     }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     drop(listener);
-    let _ = stop_tx.send(true);
+    broker.shutdown.send_replace(true);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
     })

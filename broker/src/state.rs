@@ -75,6 +75,8 @@ pub(crate) struct Broker {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Serialises topic creation, deletion and changes (and their metadata writes).
     admin: tokio::sync::Mutex<()>,
+    /// Becomes `true` when the broker starts shutting down (ends long polls early).
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Kafka's legal topic names: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -138,6 +140,7 @@ impl Broker {
             meta_path,
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
+            shutdown: tokio::sync::watch::Sender::new(false),
         };
         broker.write_meta()?;
         Ok(broker)

@@ -99,7 +99,9 @@ fn guarded<T, E: std::fmt::Display>(
 ) -> Result<T, DecodeError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(DecodeError::Malformed { what, why: e.to_string() }),
+        Ok(Err(e)) => {
+            Err(DecodeError::Malformed { what, why: e.to_string().trim_end().to_string() })
+        }
         Err(_) => Err(DecodeError::Malformed { what, why: "decoder panicked".into() }),
     }
 }

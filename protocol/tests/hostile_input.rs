@@ -30,6 +30,7 @@ fn decode_any(key: ApiKey, version: i16, body: &Bytes) {
             decode_body::<IncrementalAlterConfigsRequest>(b, version).map(|_| ())
         }
         ApiKey::DescribeCluster => decode_body::<DescribeClusterRequest>(b, version).map(|_| ()),
+        ApiKey::FindCoordinator => decode_body::<FindCoordinatorRequest>(b, version).map(|_| ()),
         other => panic!("no decoder for {other:?} in this test"),
     };
 }

@@ -84,7 +84,9 @@ pub(super) fn handle(
                         ("message.max.bytes", a.message_max_bytes.to_string(), 3),
                     ];
                     for (k, v, ty) in items.into_iter().filter(|(k, _, _)| wanted(k)) {
-                        out.configs.push(entry(k, v, STATIC_BROKER_CONFIG, ty, ""));
+                        let mut c = entry(k, v, STATIC_BROKER_CONFIG, ty, "");
+                        c.read_only = true; // static: IncrementalAlterConfigs refuses them
+                        out.configs.push(c);
                     }
                 }
             }

@@ -49,17 +49,22 @@ pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchReq
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let max_bytes = if req.max_bytes <= 0 { i32::MAX } else { req.max_bytes } as usize;
     let min_bytes = req.min_bytes.max(0) as usize;
+    let mut shutdown = broker.shutdown.subscribe();
     loop {
         let versions: Vec<(Arc<Log>, u64)> =
             wanted.iter().flatten().flatten().map(|l| (l.clone(), l.data_version())).collect();
         let (responses, total, any_error) = read(v, &req, &wanted, &unknown_code, max_bytes);
         let now = Instant::now();
-        if total >= min_bytes || any_error || now >= deadline || versions.is_empty() {
+        let stopping = *shutdown.borrow_and_update();
+        if total >= min_bytes || any_error || now >= deadline || versions.is_empty() || stopping {
             r.responses = responses;
             break;
         }
         let changed = AnyChanged(versions.iter().map(|(l, seen)| l.data_changed(*seen)).collect());
-        let _ = tokio::time::timeout(deadline - now, changed).await;
+        tokio::select! {
+            _ = tokio::time::timeout(deadline - now, changed) => {}
+            _ = shutdown.changed() => {}
+        }
     }
     r.session_id = 0;
     // The fetched batches go out as references to the segment memory, not copies.

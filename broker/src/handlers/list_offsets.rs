@@ -5,7 +5,7 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use millrace_protocol::records::decode_records;
+use millrace_protocol::records::{decode_records, OwnedRecord};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
 use millrace_storage::{batch::BatchHeader, Log, TimestampLookup};
 
@@ -52,13 +52,17 @@ fn lookup(log: &Log, timestamp: i64) -> Result<(i64, i64), i16> {
         Some(TimestampLookup { batch, record: None }) => {
             let start = log.log_start_offset();
             match decode_records(&batch) {
-                Ok((h, records)) => {
-                    let target = target.unwrap_or(h.max_timestamp);
-                    records
-                        .iter()
-                        .find(|r| r.offset >= start && r.timestamp >= target)
-                        .map(|r| (r.offset, r.timestamp))
-                        .unwrap_or((-1, -1))
+                Ok((_, records)) => {
+                    let mut remaining = records.iter().filter(|r| r.offset >= start);
+                    let hit = match target {
+                        Some(t) => remaining.find(|r| r.timestamp >= t),
+                        // The largest timestamp, the first record carrying it on ties.
+                        None => remaining.fold(None, |best: Option<&OwnedRecord>, r| match best {
+                            Some(b) if b.timestamp >= r.timestamp => Some(b),
+                            _ => Some(r),
+                        }),
+                    };
+                    hit.map(|r| (r.offset, r.timestamp)).unwrap_or((-1, -1))
                 }
                 Err(_) => BatchHeader::parse(&batch)
                     .map(|h| (h.base_offset.max(start), h.max_timestamp))

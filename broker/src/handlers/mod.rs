@@ -21,6 +21,7 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod fetch;
+mod find_coordinator;
 mod incremental_alter_configs;
 mod list_offsets;
 mod metadata;
@@ -43,6 +44,7 @@ pub(crate) enum Request {
     CreatePartitions(CreatePartitionsRequest),
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
+    FindCoordinator(FindCoordinatorRequest),
 }
 
 /// Decodes the body of a request whose header was accepted.
@@ -65,6 +67,7 @@ pub(crate) fn decode(h: &RequestHeaderInfo, mut body: Bytes) -> Result<Request, 
         ApiKey::CreatePartitions => Request::CreatePartitions(decode_body(b, v)?),
         ApiKey::IncrementalAlterConfigs => Request::IncrementalAlterConfigs(decode_body(b, v)?),
         ApiKey::DescribeCluster => Request::DescribeCluster(decode_body(b, v)?),
+        ApiKey::FindCoordinator => Request::FindCoordinator(decode_body(b, v)?),
         other => {
             return Err(DecodeError::Malformed {
                 what: "request",
@@ -109,6 +112,7 @@ pub(crate) async fn start(
             done(incremental_alter_configs::handle(broker, h, r).await)
         }
         Request::DescribeCluster(r) => done(describe_cluster::handle(broker, h, r)),
+        Request::FindCoordinator(r) => done(find_coordinator::handle(h, r)),
     }
 }
 

@@ -530,7 +530,7 @@ impl Log {
     pub fn max_timestamp(&self) -> Result<Option<TimestampLookup>> {
         let (segments, log_start, hw) = self.visible_segments();
         let mut best: Option<(i64, Arc<Segment>)> = None;
-        for seg in segments {
+        for seg in segments.iter().cloned() {
             let (next, max_ts) = {
                 let st = seg.state();
                 (st.next_offset, st.max_timestamp)
@@ -543,7 +543,25 @@ impl Log {
             }
         }
         let Some((ts, seg)) = best else { return Ok(None) };
-        seg.find_by_timestamp(ts, log_start, hw)
+        if let Some(found) = seg.find_by_timestamp(ts, log_start, hw)? {
+            return Ok(Some(found));
+        }
+        // The largest timestamp belongs to records below the log start (delete_records moved it
+        // into that segment): find the largest among the records that remain.
+        let mut best: Option<(i64, Bytes)> = None;
+        for seg in segments.iter().filter(|s| s.state().next_offset > log_start) {
+            if let Some((t, b)) = seg.max_timestamp_from(log_start, hw)? {
+                if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                    best = Some((t, b));
+                }
+            }
+        }
+        Ok(best.map(|(t, batch)| {
+            let record = batch::first_record_at_or_after(&batch, t, log_start).flatten();
+            let compressed = batch::BatchHeader::parse(&batch)
+                .is_some_and(|h| h.compression() != 0 && !h.is_log_append_time());
+            TimestampLookup { batch, record: if compressed { None } else { record } }
+        }))
     }
 
     /// Queues a sync of everything appended so far; the future resolves when it is on disk.

@@ -490,6 +490,49 @@ impl Segment {
         Ok(None)
     }
 
+    /// The batch (below `end_offset`) holding the largest timestamp among records at or after
+    /// `min_offset`, with that timestamp; the first such batch on ties. Scans batch headers, and
+    /// the records of an uncompressed batch that straddles `min_offset`.
+    pub(crate) fn max_timestamp_from(
+        &self,
+        min_offset: i64,
+        end_offset: i64,
+    ) -> Result<Option<(i64, Bytes)>> {
+        let len = self.published_len();
+        if len == 0 {
+            return Ok(None);
+        }
+        let view = self.view(len)?;
+        let data = &view[..len as usize];
+        let Some((start, _, _)) = self.position_of(data, min_offset) else { return Ok(None) };
+        let mut best: Option<(i64, usize, usize)> = None;
+        for (pos, h, n) in (Batches { data, pos: start }) {
+            if h.base_offset >= end_offset {
+                break;
+            }
+            let ts = if h.base_offset < min_offset && !h.is_log_append_time() {
+                match batch::records(&data[pos..pos + n]) {
+                    Some(rs) => match rs
+                        .iter()
+                        .filter(|r| r.offset >= min_offset)
+                        .map(|r| r.timestamp)
+                        .max()
+                    {
+                        Some(t) => t,
+                        None => continue,
+                    },
+                    None => h.max_timestamp, // compressed: the header's bound
+                }
+            } else {
+                h.max_timestamp
+            };
+            if best.is_none_or(|(t, _, _)| ts > t) {
+                best = Some((ts, pos, n));
+            }
+        }
+        Ok(best.map(|(t, pos, n)| (t, view.slice(pos..pos + n))))
+    }
+
     /// Reserves file space for one batch and indexes it; the caller writes the bytes.
     pub(crate) fn reserve(
         st: &mut SegmentState,

@@ -16,6 +16,7 @@ enum Op {
     RetainMs { now: i64 },
     DeleteRecords { at: u16 },
     TimestampLookup { ts: i64 },
+    MaxTimestamp,
     Flush,
     ReopenClean,
     ReopenUnclean,
@@ -32,6 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0i64..12_000).prop_map(|now| Op::RetainMs { now }),
         1 => any::<u16>().prop_map(|at| Op::DeleteRecords { at }),
         2 => (0i64..11_000).prop_map(|ts| Op::TimestampLookup { ts }),
+        1 => Just(Op::MaxTimestamp),
         1 => Just(Op::Flush),
         1 => Just(Op::ReopenClean),
         1 => Just(Op::ReopenUnclean),
@@ -153,6 +155,22 @@ fn run(engine: IoEngineChoice, segment_bytes: u64, index_interval_bytes: u64, op
                 }
                 // Within the batch that holds the log start the answer may be clamped to it.
                 assert_eq!(got, want, "step {step}: timestamp {ts}");
+            }
+            Op::MaxTimestamp => {
+                let got = l.max_timestamp().unwrap().and_then(|x| x.record);
+                // The first record (offset order, at or after the log start) with the largest
+                // timestamp.
+                let mut want: Option<(i64, i64)> = None;
+                for b in m.visible() {
+                    let h = millrace_storage::batch::BatchHeader::parse(&b.2).unwrap();
+                    for i in 0..=i64::from(h.last_offset_delta) {
+                        let (off, t) = (b.0 + i, h.base_timestamp + i);
+                        if off >= m.log_start && want.is_none_or(|(_, wt)| t > wt) {
+                            want = Some((off, t));
+                        }
+                    }
+                }
+                assert_eq!(got, want, "step {step}: max timestamp");
             }
             Op::Flush => l.flush().unwrap().wait().unwrap(),
             Op::ReopenClean | Op::ReopenUnclean => {

@@ -1,0 +1,163 @@
+"""Restarts on the same data directory: after SIGTERM (graceful) and after SIGKILL (crash), every
+record acknowledged with acks=all is still there, topic metadata and configs survive, and new
+records continue at the next offset."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka.admin import NewPartitions
+
+from helpers import (ck_admin, ck_consume, ck_consumer, ck_create_topic, ck_describe,
+                     ck_produce_all, ck_producer)
+
+SIGNALS = [pytest.param(signal.SIGTERM, id="sigterm"), pytest.param(signal.SIGKILL, id="sigkill")]
+N0 = 3000  # partition 0, uncompressed
+N1 = 1000  # partition 1, gzip
+
+
+def items(partition, n, tag):
+    return [dict(key=b"k%d" % i, value=b"%s-%d-" % (tag, i) + b"v" * (i % 40),
+                 headers=[("i", b"%d" % i)], partition=partition, timestamp=1_650_000_000_000 + i)
+            for i in range(n)]
+
+
+def check(m, partition, i, tag):
+    assert m.offset() == i
+    assert m.partition() == partition
+    assert m.key() == b"k%d" % i
+    assert m.value() == b"%s-%d-" % (tag, i) + b"v" * (i % 40)
+    assert m.headers() == [("i", b"%d" % i)]
+    assert m.timestamp() == (1, 1_650_000_000_000 + i)
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_restart_keeps_acked_records(broker, topic_name, sig):
+    ck_create_topic(broker.bootstrap, topic_name, partitions=2,
+                    config={"retention.ms": "86400000"})
+    p = ck_producer(broker.bootstrap, acks="all")
+    assert ck_produce_all(p, topic_name, items(0, N0, b"p0")) == list(range(N0))
+    pz = ck_producer(broker.bootstrap, acks="all", **{"compression.type": "gzip"})
+    assert ck_produce_all(pz, topic_name, items(1, N1, b"p1")) == list(range(N1))
+    a = ck_admin(broker.bootstrap)
+    [f] = a.delete_records([TopicPartition(topic_name, 1, 100)]).values()
+    assert f.result(timeout=15).low_watermark == 100
+    # Metadata changes that must survive too: a third partition (with a record), a deleted
+    # topic, the cluster id.
+    [f] = a.create_partitions([NewPartitions(topic_name, 3)]).values()
+    f.result(timeout=15)
+    p2 = ck_producer(broker.bootstrap, acks="all")
+    assert ck_produce_all(p2, topic_name, [dict(value=b"p2", partition=2)]) == [0]
+    gone = topic_name + "-deleted"
+    ck_create_topic(broker.bootstrap, gone)
+    assert ck_produce_all(p2, gone, [dict(value=b"x", partition=0)]) == [0]
+    [f] = a.delete_topics([gone], operation_timeout=10).values()
+    f.result(timeout=15)
+    cluster_id = a.describe_cluster().result(timeout=15).cluster_id
+    del p, pz, p2, a
+
+    rc = broker.restart(sig)
+    if sig == signal.SIGTERM:
+        assert rc == 0, f"exit status {rc} after SIGTERM"
+        assert "logs synced and closed" in broker.log_text()
+    else:
+        assert rc == -signal.SIGKILL
+
+    a = ck_admin(broker.bootstrap)
+    md = a.list_topics(timeout=10)
+    assert len(md.topics[topic_name].partitions) == 3
+    assert gone not in md.topics
+    assert not [d for d in (broker.data_dir / "logs").iterdir() if d.name.startswith(gone)]
+    assert a.describe_cluster().result(timeout=15).cluster_id == cluster_id
+    [m] = ck_consume(broker.bootstrap, topic_name, 2, 0, 1)
+    assert m.value() == b"p2"
+    assert ck_describe(a, topic_name)["retention.ms"].value == "86400000"
+    c = ck_consumer(broker.bootstrap)
+    try:
+        assert c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10) == (0, N0)
+        assert c.get_watermark_offsets(TopicPartition(topic_name, 1), timeout=10) == (100, N1)
+    finally:
+        c.close()
+
+    got = ck_consume(broker.bootstrap, topic_name, 0, 0, N0)
+    for i, m in enumerate(got):
+        check(m, 0, i, b"p0")
+    got = ck_consume(broker.bootstrap, topic_name, 1, OFFSET_BEGINNING, N1 - 100)
+    for i, m in zip(range(100, N1), got):
+        check(m, 1, i, b"p1")
+
+    # New records continue at the next offset, and survive another restart.
+    p = ck_producer(broker.bootstrap, acks="all")
+    assert ck_produce_all(p, topic_name, [dict(value=b"new0", partition=0)]) == [N0]
+    assert ck_produce_all(p, topic_name, [dict(value=b"new1", partition=1)]) == [N1]
+    del p
+    broker.restart(sig)
+    [m] = ck_consume(broker.bootstrap, topic_name, 0, N0, 1)
+    assert m.value() == b"new0"
+    [m] = ck_consume(broker.bootstrap, topic_name, 1, N1, 1)
+    assert m.value() == b"new1"
+    p = ck_producer(broker.bootstrap, acks="all")
+    assert ck_produce_all(p, topic_name, [dict(value=b"newer", partition=0)]) == [N0 + 1]
+
+
+@pytest.mark.parametrize("acks,sig", [
+    pytest.param("all", signal.SIGKILL, id="acks_all-sigkill"),
+    pytest.param("all", signal.SIGTERM, id="acks_all-sigterm"),
+    pytest.param("1", signal.SIGTERM, id="acks_1-sigterm"),
+    pytest.param("1", signal.SIGKILL, id="acks_1-sigkill"),
+])
+def test_stop_during_produce_keeps_every_acked_record(broker, topic_name, acks, sig):
+    """Stop the broker while a producer is busy: whatever was acknowledged survives, at the
+    offset it was acknowledged with. acks=all records are fsynced before the answer. acks=1
+    records survive a graceful stop (logs synced) and, as in Kafka (written to the page cache
+    before the answer), a process kill."""
+    ck_create_topic(broker.bootstrap, topic_name)
+    p = ck_producer(broker.bootstrap, acks=acks,
+                    **{"linger.ms": 2, "message.timeout.ms": 1500, "retries": 0})
+    acked: dict[int, bytes] = {}
+
+    def on_delivery(err, msg):
+        if err is None:
+            acked[msg.offset()] = msg.value()
+
+    def stop_broker():
+        broker.stopped = True  # deliberate (for the fixture's teardown check)
+        broker.proc.send_signal(sig)
+
+    killer = threading.Timer(1.0, stop_broker)
+    killer.start()
+    i = 0
+    deadline = time.monotonic() + 10
+    while broker.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            p.produce(topic_name, value=b"rec-%07d" % i, partition=0, on_delivery=on_delivery)
+            i += 1
+        except BufferError:
+            pass
+        p.poll(0 if i % 100 else 0.001)
+    killer.join()
+    p.flush(10)  # everything still pending fails (message.timeout.ms)
+    del p
+    assert broker.proc.wait(20) == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
+    print(f"{len(acked)} records acknowledged before the stop, {i} produced")
+    assert len(acked) >= 20, f"only {len(acked)} records acknowledged before the stop"
+
+    broker.start()
+    c = ck_consumer(broker.bootstrap)
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10)
+    finally:
+        c.close()
+    assert low == 0
+    assert high >= max(acked) + 1, f"high watermark {high}, last acked offset {max(acked)}"
+    got = {m.offset(): m.value() for m in ck_consume(broker.bootstrap, topic_name, 0, 0, high)}
+    lost = [o for o in acked if got.get(o) != acked[o]]
+    assert not lost, f"{len(lost)} acknowledged records lost or changed, first {lost[:5]}"
+    # Offsets are dense, and the log takes new records at the end.
+    assert sorted(got) == list(range(high))
+    p = ck_producer(broker.bootstrap, acks="all")
+    assert ck_produce_all(p, topic_name, [dict(value=b"after", partition=0)]) == [high]
