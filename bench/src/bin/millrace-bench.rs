@@ -1,0 +1,441 @@
+//! `millrace-bench`: Kafka-style perf tools on librdkafka (the `rdkafka` crate), usable against
+//! any Kafka-compatible broker.
+//!
+//! - `produce`: the options and output shape of Kafka's `kafka-producer-perf-test`.
+//! - `consume`: like `kafka-consumer-perf-test` (manual assignment of every partition; Millrace
+//!   has no consumer groups yet).
+//! - `e2e-latency`: produce at a fixed rate, consume, and report produce-to-consume latency
+//!   percentiles from an HDR histogram, measured from each record's *scheduled* send time, so
+//!   that a stall delays every record behind it (coordinated omission corrected).
+//!
+//! Every command takes `--json` for one machine-readable line at the end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+#[derive(Debug, Parser)]
+#[command(name = "millrace-bench", version, about = "Kafka-style perf tools (librdkafka)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Producer throughput and latency (kafka-producer-perf-test).
+    Produce(ProduceArgs),
+    /// Consumer throughput (kafka-consumer-perf-test).
+    Consume(ConsumeArgs),
+    /// Produce-to-consume latency at a fixed rate.
+    E2eLatency(E2eArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct Common {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap_server: String,
+    #[arg(long)]
+    topic: String,
+    /// Print one JSON object at the end instead of the human lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    num_records: u64,
+    #[arg(long, required_unless_present = "payload_file")]
+    record_size: Option<usize>,
+    /// Payloads, one per line, chosen round-robin.
+    #[arg(long)]
+    payload_file: Option<std::path::PathBuf>,
+    /// Records per second; -1 for no limit.
+    #[arg(long, allow_hyphen_values = true, default_value_t = -1)]
+    throughput: i64,
+    /// librdkafka producer properties `k=v` (repeatable).
+    #[arg(long, num_args = 1..)]
+    producer_props: Vec<String>,
+    #[arg(long, allow_hyphen_values = true, default_value = "all")]
+    acks: String,
+    #[arg(long, default_value = "none")]
+    compression: String,
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Stop after this many records.
+    #[arg(long)]
+    messages: u64,
+    /// Consume through a group (needs a broker with consumer groups); default: assign every
+    /// partition from the beginning.
+    #[arg(long)]
+    group: Option<String>,
+    /// Give up after this long without a record.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    #[arg(long, num_args = 1..)]
+    consumer_props: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct E2eArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    #[arg(long, allow_hyphen_values = true, default_value = "all")]
+    acks: String,
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Produce(a) => produce(a),
+        Command::Consume(a) => consume(a),
+        Command::E2eLatency(a) => e2e(a),
+    };
+    if let Err(e) = r {
+        eprintln!("millrace-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn props(cfg: &mut ClientConfig, kvs: &[String]) -> Result<(), Error> {
+    for kv in kvs {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("expected k=v, got {kv:?}"))?;
+        cfg.set(k, v);
+    }
+    Ok(())
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs .. 1 h, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// Latency bookkeeping shared with the delivery callback.
+#[derive(Debug)]
+struct Stats {
+    hist: Mutex<Histogram<u64>>,
+    window: Mutex<Histogram<u64>>,
+    acked: AtomicU64,
+    acked_bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Ctx(Arc<Stats>);
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Box<(Instant, usize)>;
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (sent, len) = *opaque;
+        match result {
+            Ok(_) => {
+                let us = sent.elapsed().as_micros().max(1) as u64;
+                let _ = self.0.hist.lock().map(|mut h| h.saturating_record(us));
+                let _ = self.0.window.lock().map(|mut h| h.saturating_record(us));
+                self.0.acked.fetch_add(1, Ordering::Relaxed);
+                self.0.acked_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                if self.0.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("delivery failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn produce(a: ProduceArgs) -> Result<(), Error> {
+    let payloads: Vec<Vec<u8>> = match (&a.payload_file, a.record_size) {
+        (Some(p), _) => {
+            std::fs::read_to_string(p)?.lines().map(|l| l.as_bytes().to_vec()).collect()
+        }
+        (None, Some(n)) => vec![(0..n).map(|i| b'A' + (i % 26) as u8).collect()],
+        (None, None) => return Err("--record-size or --payload-file is required".into()),
+    };
+    if payloads.is_empty() {
+        return Err("no payloads".into());
+    }
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &a.common.bootstrap_server)
+        .set("acks", &a.acks)
+        .set("compression.type", &a.compression)
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "5")
+        .set("batch.size", "1048576")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.messages", "1000000");
+    props(&mut cfg, &a.producer_props)?;
+    let stats = Arc::new(Stats {
+        hist: Mutex::new(histogram()),
+        window: Mutex::new(histogram()),
+        acked: AtomicU64::new(0),
+        acked_bytes: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let producer: BaseProducer<Ctx> = cfg.create_with_context(Ctx(stats.clone()))?;
+    let start = Instant::now();
+    let mut last_report = start;
+    let (mut window_records, mut window_bytes) = (0u64, 0u64);
+    for i in 0..a.num_records {
+        if a.throughput > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / a.throughput as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(wait);
+            }
+        }
+        let payload = &payloads[(i % payloads.len() as u64) as usize];
+        let mut opaque = Box::new((Instant::now(), payload.len()));
+        loop {
+            let rec = BaseRecord::with_opaque_to(&a.common.topic, opaque)
+                .payload(payload.as_slice())
+                .key(&[] as &[u8]);
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                    opaque = rec.delivery_opaque;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        window_records += 1;
+        window_bytes += payload.len() as u64;
+        if i % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) && !a.common.json {
+            let secs = last_report.elapsed().as_secs_f64();
+            let mut w = stats.window.lock().map_err(|_| "poisoned")?;
+            println!(
+                "{window_records} records sent, {:.1} records/sec ({:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency.",
+                window_records as f64 / secs,
+                window_bytes as f64 / secs / 1e6,
+                w.mean() / 1000.0,
+                ms(w.max())
+            );
+            w.reset();
+            (window_records, window_bytes) = (0, 0);
+            last_report = Instant::now();
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let secs = start.elapsed().as_secs_f64();
+    let h = stats.hist.lock().map_err(|_| "poisoned")?;
+    let n = stats.acked.load(Ordering::Relaxed);
+    let bytes = stats.acked_bytes.load(Ordering::Relaxed);
+    let errors = stats.errors.load(Ordering::Relaxed);
+    let (p50, p95, p99, p999) = (
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.95)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+    );
+    if a.common.json {
+        println!(
+            "{{\"records\":{n},\"errors\":{errors},\"seconds\":{secs:.3},\"records_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"latency_ms\":{{\"avg\":{:.3},\"max\":{:.3},\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3}}}}}",
+            n as f64 / secs,
+            bytes as f64 / secs / 1e6,
+            h.mean() / 1000.0,
+            ms(h.max())
+        );
+    } else {
+        println!(
+            "{n} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th.",
+            n as f64 / secs,
+            bytes as f64 / secs / 1e6,
+            h.mean() / 1000.0,
+            ms(h.max())
+        );
+    }
+    if errors > 0 {
+        return Err(format!("{errors} records failed").into());
+    }
+    Ok(())
+}
+
+fn consumer(common: &Common, group: Option<&str>, extra: &[String]) -> Result<BaseConsumer, Error> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &common.bootstrap_server)
+        .set("group.id", group.unwrap_or("millrace-bench-unused"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760");
+    props(&mut cfg, extra)?;
+    let c: BaseConsumer = cfg.create()?;
+    match group {
+        Some(_) => c.subscribe(&[&common.topic])?,
+        None => {
+            let md = c.fetch_metadata(Some(&common.topic), Duration::from_secs(10))?;
+            let mut tpl = TopicPartitionList::new();
+            for t in md.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition_offset(&common.topic, p.id(), Offset::Beginning)?;
+                }
+            }
+            c.assign(&tpl)?;
+        }
+    }
+    Ok(c)
+}
+
+fn consume(a: ConsumeArgs) -> Result<(), Error> {
+    let c = consumer(&a.common, a.group.as_deref(), &a.consumer_props)?;
+    let start = Instant::now();
+    let mut first: Option<Duration> = None;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut idle = Instant::now();
+    while n < a.messages {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(|| start.elapsed());
+                n += 1;
+                bytes += m.payload().map_or(0, |p| p.len()) as u64;
+                idle = Instant::now();
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None if idle.elapsed() > Duration::from_millis(a.timeout_ms) => break,
+            None => {}
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let first_ms = first.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+    let mb = bytes as f64 / 1e6;
+    if a.common.json {
+        println!(
+            "{{\"records\":{n},\"mb\":{mb:.3},\"seconds\":{secs:.3},\"mb_per_sec\":{:.3},\"records_per_sec\":{:.1},\"first_record_ms\":{first_ms:.1}}}",
+            mb / secs,
+            n as f64 / secs
+        );
+    } else {
+        println!(
+            "data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, time.to.first.record.ms"
+        );
+        println!("{mb:.4}, {:.4}, {n}, {:.4}, {first_ms:.1}", mb / secs, n as f64 / secs);
+    }
+    if n < a.messages {
+        return Err(format!("only {n} of {} records arrived", a.messages).into());
+    }
+    Ok(())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn e2e(a: E2eArgs) -> Result<(), Error> {
+    let c = consumer(&a.common, None, &["fetch.wait.max.ms=5".into(), "fetch.min.bytes=1".into()])?;
+    let stats = Arc::new(Stats {
+        hist: Mutex::new(histogram()),
+        window: Mutex::new(histogram()),
+        acked: AtomicU64::new(0),
+        acked_bytes: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &a.common.bootstrap_server)
+        .set("acks", &a.acks)
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "0");
+    let producer: BaseProducer<Ctx> = cfg.create_with_context(Ctx(stats))?;
+    let total = a.rate * a.seconds;
+    let interval_us = 1_000_000 / a.rate.max(1);
+    let start_us = now_us() + 200_000;
+    // Let the consumer's assignment settle before the first record.
+    let _ = c.poll(Duration::from_millis(200));
+    let mut hist = histogram();
+    let mut seen: HashMap<u64, ()> = HashMap::new();
+    let mut next = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(a.seconds + 30);
+    let mut payload = vec![b'x'; a.record_size.max(16)];
+    while (seen.len() as u64) < total && Instant::now() < deadline {
+        // Send everything that is due; each record carries its scheduled send time.
+        while next < total && start_us + next * interval_us <= now_us() {
+            let scheduled = start_us + next * interval_us;
+            payload[..8].copy_from_slice(&scheduled.to_be_bytes());
+            payload[8..16].copy_from_slice(&next.to_be_bytes());
+            let rec = BaseRecord::with_opaque_to(
+                &a.common.topic,
+                Box::new((Instant::now(), payload.len())),
+            )
+            .payload(payload.as_slice())
+            .key(&[] as &[u8]);
+            if producer.send(rec).is_err() {
+                producer.poll(Duration::from_millis(1));
+                continue;
+            }
+            next += 1;
+        }
+        producer.poll(Duration::ZERO);
+        if let Some(Ok(m)) = c.poll(Duration::from_micros(500)) {
+            if let Some(p) = m.payload().filter(|p| p.len() >= 16) {
+                let scheduled = u64::from_be_bytes(p[..8].try_into().unwrap_or([0; 8]));
+                let id = u64::from_be_bytes(p[8..16].try_into().unwrap_or([0; 8]));
+                if seen.insert(id, ()).is_none() {
+                    hist.saturating_record(now_us().saturating_sub(scheduled).max(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(10))?;
+    let q = |x: f64| ms(hist.value_at_quantile(x));
+    if a.common.json {
+        println!(
+            "{{\"records\":{},\"rate\":{},\"latency_ms\":{{\"p50\":{:.3},\"p95\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}}}}",
+            seen.len(),
+            a.rate,
+            q(0.5),
+            q(0.95),
+            q(0.99),
+            q(0.999),
+            ms(hist.max())
+        );
+    } else {
+        println!(
+            "{} records at {}/s: end-to-end latency {:.2} ms 50th, {:.2} ms 95th, {:.2} ms 99th, {:.2} ms 99.9th, {:.2} ms max (from scheduled send time).",
+            seen.len(),
+            a.rate,
+            q(0.5),
+            q(0.95),
+            q(0.99),
+            q(0.999),
+            ms(hist.max())
+        );
+    }
+    if (seen.len() as u64) < total {
+        return Err(format!("only {} of {total} records arrived", seen.len()).into());
+    }
+    Ok(())
+}
