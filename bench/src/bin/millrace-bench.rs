@@ -40,6 +40,31 @@ enum Command {
     Consume(ConsumeArgs),
     /// Produce-to-consume latency at a fixed rate.
     E2eLatency(E2eArgs),
+    /// Baseline: sequential write of `--bytes` in `--chunk` pieces to a file in `--dir`, with an
+    /// fdatasync after every chunk (`--fsync-every-chunk`) or once at the end.
+    BaselineDisk(BaselineDiskArgs),
+    /// Baseline: copy `--bytes` over a loopback TCP connection in `--chunk` writes.
+    BaselineTcp(BaselineTcpArgs),
+}
+
+#[derive(Debug, Args)]
+struct BaselineDiskArgs {
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    #[arg(long)]
+    bytes: u64,
+    #[arg(long, default_value_t = 65536)]
+    chunk: usize,
+    #[arg(long)]
+    fsync_every_chunk: bool,
+}
+
+#[derive(Debug, Args)]
+struct BaselineTcpArgs {
+    #[arg(long)]
+    bytes: u64,
+    #[arg(long, default_value_t = 65536)]
+    chunk: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -116,6 +141,8 @@ fn main() {
         Command::Produce(a) => produce(a),
         Command::Consume(a) => consume(a),
         Command::E2eLatency(a) => e2e(a),
+        Command::BaselineDisk(a) => baseline_disk(a),
+        Command::BaselineTcp(a) => baseline_tcp(a),
     };
     if let Err(e) = r {
         eprintln!("millrace-bench: {e}");
@@ -356,6 +383,13 @@ fn now_us() -> u64 {
 }
 
 fn e2e(a: E2eArgs) -> Result<(), Error> {
+    // The producer's metadata request creates the topic where the broker auto-creates topics
+    // (librdkafka consumers ask not to).
+    {
+        let p: BaseProducer =
+            ClientConfig::new().set("bootstrap.servers", &a.common.bootstrap_server).create()?;
+        p.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
+    }
     let c = consumer(&a.common, None, &["fetch.wait.max.ms=5".into(), "fetch.min.bytes=1".into()])?;
     let stats = Arc::new(Stats {
         hist: Mutex::new(histogram()),
@@ -437,5 +471,61 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     if (seen.len() as u64) < total {
         return Err(format!("only {} of {total} records arrived", seen.len()).into());
     }
+    Ok(())
+}
+
+fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
+    use std::io::Write;
+    let path = a.dir.join(format!("millrace-bench-baseline-{}", std::process::id()));
+    let buf: Vec<u8> = (0..a.chunk).map(|i| (i % 251) as u8).collect();
+    let start = Instant::now();
+    {
+        let mut f = std::fs::File::create(&path)?;
+        let mut written = 0u64;
+        while written < a.bytes {
+            f.write_all(&buf)?;
+            written += buf.len() as u64;
+            if a.fsync_every_chunk {
+                f.sync_data()?;
+            }
+        }
+        f.sync_data()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    println!("{{\"mb_per_sec\":{:.3},\"seconds\":{secs:.3}}}", a.bytes as f64 / secs / 1e6);
+    Ok(())
+}
+
+fn baseline_tcp(a: BaselineTcpArgs) -> Result<(), Error> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let total = a.bytes;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while got < total {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        Ok(got)
+    });
+    let buf = vec![7u8; a.chunk];
+    let start = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    let mut sent = 0u64;
+    while sent < total {
+        s.write_all(&buf)?;
+        sent += buf.len() as u64;
+    }
+    drop(s);
+    let got = reader.join().map_err(|_| "reader panicked")??;
+    let secs = start.elapsed().as_secs_f64();
+    println!("{{\"mb_per_sec\":{:.3},\"seconds\":{secs:.3}}}", got as f64 / secs / 1e6);
     Ok(())
 }
