@@ -177,6 +177,18 @@ struct Stats {
     errors: AtomicU64,
 }
 
+impl Stats {
+    fn new() -> Arc<Stats> {
+        Arc::new(Stats {
+            hist: Mutex::new(histogram()),
+            window: Mutex::new(histogram()),
+            acked: AtomicU64::new(0),
+            acked_bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+}
+
 struct Ctx(Arc<Stats>);
 
 impl ClientContext for Ctx {}
@@ -223,13 +235,7 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000");
     props(&mut cfg, &a.producer_props)?;
-    let stats = Arc::new(Stats {
-        hist: Mutex::new(histogram()),
-        window: Mutex::new(histogram()),
-        acked: AtomicU64::new(0),
-        acked_bytes: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    });
+    let stats = Stats::new();
     let producer: BaseProducer<Ctx> = cfg.create_with_context(Ctx(stats.clone()))?;
     let start = Instant::now();
     let mut last_report = start;
@@ -391,13 +397,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
         p.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
     }
     let c = consumer(&a.common, None, &["fetch.wait.max.ms=5".into(), "fetch.min.bytes=1".into()])?;
-    let stats = Arc::new(Stats {
-        hist: Mutex::new(histogram()),
-        window: Mutex::new(histogram()),
-        acked: AtomicU64::new(0),
-        acked_bytes: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    });
+    let stats = Stats::new();
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &a.common.bootstrap_server)
         .set("acks", &a.acks)
