@@ -77,7 +77,7 @@ pub(crate) struct ConsumeArgs {
     #[arg(long, short = 'p', default_value_t = 0)]
     partition: i32,
     /// `beginning`, `end`, an offset, or `-N` for N records before the end.
-    #[arg(long, short = 'o', default_value = "beginning")]
+    #[arg(long, short = 'o', default_value = "beginning", allow_hyphen_values = true)]
     offset: String,
     /// Exit at the end of the partition instead of waiting for more.
     #[arg(long, short = 'e')]

@@ -1,7 +1,7 @@
 """Shared fixtures for the end-to-end tests: the real `millrace` binary on a free port with a
 temporary data directory.
 
-* `MILLRACE_BIN` names the binary (default: /work/main/target/debug/millrace).
+* `MILLRACE_BIN` names the binary (default: target/debug/millrace of this checkout).
 * Each test gets its own broker (`broker`), or several / restarts via `broker_factory`.
 * Teardown sends SIGTERM and waits; a broker that died on its own during the test, or that does
   not exit cleanly (status 0) on SIGTERM, fails the test's teardown.
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-MILLRACE_BIN = os.environ.get("MILLRACE_BIN", "/work/main/target/debug/millrace")
+MILLRACE_BIN = os.environ.get(
+    "MILLRACE_BIN",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "target", "debug", "millrace"))
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 
