@@ -86,7 +86,21 @@ fn tool(
     }
 }
 
+/// Keeps request-sized buffers (up to 32 MiB) in glibc's heap instead of a fresh `mmap` each:
+/// every produce request otherwise paid page faults and page zeroing for its buffers, about 40%
+/// of the broker's CPU per GB produced (measured with `perf`, see the benchmark notes). Freed
+/// memory is returned to the system once 128 MiB is free at the top of the heap.
+fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
 fn serve(args: config::ServeArgs) -> std::process::ExitCode {
+    tune_malloc();
     if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() == "2") {
         tracing::warn!(
             "vm.overcommit_memory=2: a request with a huge element count could abort the broker"
