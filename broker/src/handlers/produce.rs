@@ -7,7 +7,7 @@ use std::time::Duration;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
-use millrace_storage::Durable;
+use millrace_storage::{now_ms, Durable};
 
 use super::{respond, sb, Deferred, Response};
 use crate::state::Broker;
@@ -50,7 +50,7 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
                     p.error_code = ec::CORRUPT_MESSAGE;
                     p.error_message = (h.api_version >= 8).then(|| sb(why.unwrap_or_default()));
                 }
-                (_, Some(log), Some(records)) => match log.append(&records) {
+                (_, Some(log), Some(records)) => match log.append_bytes(records, now_ms(), 0) {
                     Ok(info) => {
                         p.base_offset = info.base_offset;
                         p.log_append_time_ms = info.log_append_time_ms;

@@ -392,7 +392,8 @@ fn read_bytes<'a>(r: &'a [u8], at: &mut usize) -> Option<Option<&'a [u8]>> {
     Some(Some(s))
 }
 
-/// Writes the broker-owned fields of one validated batch in place.
+/// Writes the broker-owned fields of one validated batch in place (only its first 16 bytes are
+/// touched, so a batch's head alone may be passed).
 pub(crate) fn assign(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[OFF_BASE_OFFSET..OFF_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[OFF_LEADER_EPOCH..OFF_LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());

@@ -277,7 +277,8 @@ pub(crate) enum Op {
         log: Arc<LogProgress>,
         segment: Arc<Segment>,
         position: u64,
-        data: Bytes,
+        /// The bytes to write, in order (patched batch headers and slices of the request).
+        data: Vec<Bytes>,
         end_offset: i64,
         records: i64,
         done: Completer,
@@ -312,8 +313,9 @@ const WAKE_TAG: u64 = u64::MAX;
 /// Executes writes and fsyncs, possibly asynchronously; completions come back by tag with a
 /// result like a system call's (`>= 0` bytes, or `-errno`).
 trait Engine {
-    /// Queues a positional write. The caller keeps `buf` alive until its completion.
-    fn write(&mut self, tag: u64, fd: RawFd, buf: &[u8], offset: u64);
+    /// Queues a positional vectored write. The caller keeps `iov` and the memory it points at
+    /// alive until its completion.
+    fn write(&mut self, tag: u64, fd: RawFd, iov: &IoVecs, offset: u64);
     /// Queues an `fdatasync`.
     fn fsync(&mut self, tag: u64, fd: RawFd);
     /// Operations queued or running.
@@ -333,9 +335,11 @@ fn errno_of(e: &std::io::Error) -> i32 {
 }
 
 impl Engine for Portable {
-    fn write(&mut self, tag: u64, fd: RawFd, buf: &[u8], offset: u64) {
-        // SAFETY: `fd` is an open file the caller keeps alive; `buf` is a valid slice.
-        let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset as libc::off_t) };
+    fn write(&mut self, tag: u64, fd: RawFd, iov: &IoVecs, offset: u64) {
+        // SAFETY: `fd` is an open file the caller keeps alive; the iovecs point at live buffers.
+        let n = unsafe {
+            libc::pwritev(fd, iov.0.as_ptr(), iov.0.len() as libc::c_int, offset as libc::off_t)
+        };
         let res = if n < 0 { errno_of(&std::io::Error::last_os_error()) } else { n as i32 };
         self.done.push((tag, res));
     }
@@ -418,12 +422,15 @@ impl Uring {
 }
 
 impl Engine for Uring {
-    fn write(&mut self, tag: u64, fd: RawFd, buf: &[u8], offset: u64) {
-        let entry =
-            io_uring::opcode::Write::new(io_uring::types::Fd(fd), buf.as_ptr(), buf.len() as u32)
-                .offset(offset)
-                .build()
-                .user_data(tag);
+    fn write(&mut self, tag: u64, fd: RawFd, iov: &IoVecs, offset: u64) {
+        let entry = io_uring::opcode::Writev::new(
+            io_uring::types::Fd(fd),
+            iov.0.as_ptr(),
+            iov.0.len() as u32,
+        )
+        .offset(offset)
+        .build()
+        .user_data(tag);
         self.push(entry);
     }
     fn fsync(&mut self, tag: u64, fd: RawFd) {
@@ -595,7 +602,10 @@ struct Write {
     tag: u64,
     segment: Arc<Segment>,
     position: u64,
-    data: Bytes,
+    data: Vec<Bytes>,
+    len: usize,
+    /// The iovecs of the submission in flight (over `data`, past `written`).
+    iov: IoVecs,
     written: usize,
     end_offset: i64,
     records: i64,
@@ -607,6 +617,40 @@ struct Write {
 }
 
 type SyncRequest = (Option<Completer>, Option<AfterSync>);
+
+/// Iovecs over buffers that the same [`Write`] owns.
+pub(crate) struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the pointers refer to `Bytes` owned by the same `Write`, which moves with them; they
+// are only dereferenced by the kernel while that `Write` is alive.
+unsafe impl Send for IoVecs {}
+
+impl IoVecs {
+    /// Iovecs covering `chunks` after the first `skip` bytes (at most `IOV_MAX` of them; a
+    /// longer list is written in several calls, as short writes are).
+    fn over(chunks: &[Bytes], mut skip: usize) -> IoVecs {
+        let mut v = Vec::with_capacity(chunks.len().min(IOV_MAX));
+        for c in chunks {
+            if skip >= c.len() {
+                skip -= c.len();
+                continue;
+            }
+            let rest = &c[skip..];
+            skip = 0;
+            v.push(libc::iovec {
+                iov_base: rest.as_ptr() as *mut libc::c_void,
+                iov_len: rest.len(),
+            });
+            if v.len() == IOV_MAX {
+                break;
+            }
+        }
+        IoVecs(v)
+    }
+}
+
+/// Iovecs per write call (Linux's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 
 /// One group commit of one log: an fdatasync per dirty file, all in flight together.
 struct SyncGroup {
@@ -646,6 +690,19 @@ struct Looper {
     tags: HashMap<u64, Tagged>,
     next_tag: u64,
     shutdown: bool,
+}
+
+fn log_io<'a>(logs: &'a mut HashMap<u64, LogIo>, progress: &Arc<LogProgress>) -> &'a mut LogIo {
+    logs.entry(progress.id).or_insert_with(|| LogIo {
+        progress: progress.clone(),
+        writes: VecDeque::new(),
+        waiting: Vec::new(),
+        requests: Vec::new(),
+        dirty: Vec::new(),
+        unsynced_records: 0,
+        first_unsynced: None,
+        sync: None,
+    })
 }
 
 impl Looper {
@@ -779,19 +836,6 @@ impl Looper {
             .min()
     }
 
-    fn log(&mut self, progress: &Arc<LogProgress>) -> &mut LogIo {
-        self.logs.entry(progress.id).or_insert_with(|| LogIo {
-            progress: progress.clone(),
-            writes: VecDeque::new(),
-            waiting: Vec::new(),
-            requests: Vec::new(),
-            dirty: Vec::new(),
-            unsynced_records: 0,
-            first_unsynced: None,
-            sync: None,
-        })
-    }
-
     fn tag(&mut self, t: Tagged) -> u64 {
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -808,12 +852,16 @@ impl Looper {
                 }
                 let tag = self.tag(Tagged::Write(log.id));
                 let fd = segment.file.as_raw_fd();
-                let l = self.log(&log);
+                let l = log_io(&mut self.logs, &log);
+                let len = data.iter().map(|b| b.len()).sum();
+                let iov = IoVecs::over(&data, 0);
                 l.writes.push_back(Write {
                     tag,
                     segment,
                     position,
                     data,
+                    len,
+                    iov,
                     written: 0,
                     end_offset,
                     records,
@@ -821,10 +869,9 @@ impl Looper {
                     result: None,
                     syncs_after: Vec::new(),
                 });
-                let w = l.writes.back().map(|w| (w.data.clone(), w.position));
-                if let Some((data, position)) = w {
-                    // The Bytes in `l.writes` keeps the buffer alive until completion.
-                    self.engine.write(tag, fd, &data, position);
+                if let Some(w) = l.writes.back() {
+                    // `w` (in `l.writes`) keeps the iovecs and buffers alive until completion.
+                    self.engine.write(tag, fd, &w.iov, w.position);
                 }
             }
             Op::Sync { log, done, then } => {
@@ -834,7 +881,7 @@ impl Looper {
                     }
                     return;
                 }
-                let l = self.log(&log);
+                let l = log_io(&mut self.logs, &log);
                 match l.writes.back_mut() {
                     Some(w) => w.syncs_after.push((done, then)),
                     None => l.requests.push((done, then)),
@@ -857,24 +904,26 @@ impl Looper {
         let Some(w) = l.writes.iter_mut().find(|w| w.tag == tag) else { return };
         if res == -libc::EINTR
             || res == -libc::EAGAIN
-            || (res > 0 && w.written + (res as usize) < w.data.len())
+            || (res > 0 && w.written + (res as usize) < w.len)
         {
-            // Retry, or continue a short write, under the same tag.
+            // Retry, or continue a short write, under the same tag. The previous submission
+            // has completed, so its iovecs may be replaced.
             if res > 0 {
                 w.written += res as usize;
             }
-            let (data, pos, fd) = (
-                w.data.slice(w.written..),
-                w.position + w.written as u64,
-                w.segment.file.as_raw_fd(),
-            );
+            w.iov = IoVecs::over(&w.data, w.written);
             self.tags.insert(tag, Tagged::Write(id));
-            self.engine.write(tag, fd, &data, pos);
+            self.engine.write(
+                tag,
+                w.segment.file.as_raw_fd(),
+                &w.iov,
+                w.position + w.written as u64,
+            );
             return;
         }
         w.result = Some(match res {
             r if r < 0 => Err(std::io::Error::from_raw_os_error(-r).to_string()),
-            0 if !w.data.is_empty() => Err("wrote zero bytes".to_string()),
+            0 if w.len > 0 => Err("wrote zero bytes".to_string()),
             _ => Ok(()),
         });
         self.publish(id);
@@ -891,7 +940,7 @@ impl Looper {
             let already_failed = l.progress.write_failed.load(Ordering::Acquire);
             match w.result {
                 Some(Ok(())) if !already_failed => {
-                    w.segment.publish(w.position + w.data.len() as u64);
+                    w.segment.publish(w.position + w.len as u64);
                     l.progress.written_end.store(w.end_offset, Ordering::Release);
                     if !l.dirty.iter().any(|f| Arc::ptr_eq(f, &w.segment.file)) {
                         l.dirty.push(w.segment.file.clone());

@@ -102,6 +102,10 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Bytes at the start of a batch that the log rewrites (baseOffset, batchLength,
+/// partitionLeaderEpoch); none of them is covered by the CRC.
+const BATCH_PATCH_LEN: usize = 16;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Poisoning means a panic elsewhere while holding the lock; every mutation under these
     // locks is completed before anything that can fail, so the data is still consistent.
@@ -253,12 +257,26 @@ impl Log {
         self.append_at(records, now_ms(), 0)
     }
 
+    /// [`Log::append_bytes`] for a borrowed record set (copied once).
+    pub fn append_at(&self, records: &[u8], now_ms: i64, leader_epoch: i32) -> Result<AppendInfo> {
+        self.append_bytes(Bytes::copy_from_slice(records), now_ms, leader_epoch)
+    }
+
     /// Validates, assigns offsets and queues the write. Returns at once; `durable` resolves
     /// when the records are on disk. On any error the log is unchanged.
-    pub fn append_at(&self, records: &[u8], now_ms: i64, leader_epoch: i32) -> Result<AppendInfo> {
+    ///
+    /// The record bytes are not copied: each batch is written as its first 16 bytes with the
+    /// broker's base offset and leader epoch (a small new buffer) followed by the rest of the
+    /// caller's `Bytes`, in one vectored write. Only LogAppendTime, which rewrites fields under
+    /// the CRC, copies the batches.
+    pub fn append_bytes(
+        &self,
+        records: Bytes,
+        now_ms: i64,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo> {
         let max_message_bytes = lock(&self.inner).config.max_message_bytes;
-        let batches = batch::validate(records, max_message_bytes)?;
-        let mut data = BytesMut::from(records);
+        let batches = batch::validate(&records, max_message_bytes)?;
 
         let mut inner = lock(&self.inner);
         self.check_writable(&inner)?;
@@ -277,19 +295,26 @@ impl Log {
         let last_offset = base_offset + record_count - 1;
 
         let mut active = self.active(&inner);
-        if self.needs_roll(&active, &config, data.len() as u64, last_offset, now_ms) {
+        if self.needs_roll(&active, &config, records.len() as u64, last_offset, now_ms) {
             active = self.roll_locked(&mut inner)?;
         }
         let mut next = base_offset;
         let mut st = active.state();
         let mut position = None;
+        // LogAppendTime rewrites fields under the CRC: copy and patch the whole record set.
+        let mut copy = log_append_time.then(|| BytesMut::from(&records[..]));
+        let mut chunks = Vec::with_capacity(if copy.is_some() { 1 } else { 2 * batches.len() });
         for b in &batches {
-            let bytes = &mut data[b.position..b.position + b.len];
-            batch::assign(bytes, next, leader_epoch);
-            let max_ts = if log_append_time {
+            let max_ts = if let Some(data) = copy.as_mut() {
+                let bytes = &mut data[b.position..b.position + b.len];
+                batch::assign(bytes, next, leader_epoch);
                 batch::set_log_append_time(bytes, now_ms);
                 now_ms
             } else {
+                let mut head = BytesMut::from(&records[b.position..b.position + BATCH_PATCH_LEN]);
+                batch::assign(&mut head, next, leader_epoch);
+                chunks.push(head.freeze());
+                chunks.push(records.slice(b.position + BATCH_PATCH_LEN..b.position + b.len));
                 b.max_timestamp
             };
             let last = next + i64::from(b.record_count) - 1;
@@ -307,12 +332,15 @@ impl Log {
             next = last + 1;
         }
         drop(st);
+        if let Some(data) = copy {
+            chunks.push(data.freeze());
+        }
         let (durable, done) = io::durable_pair();
         self.io.submit(Op::Append {
             log: self.progress.clone(),
             segment: active,
             position: position.unwrap_or(0),
-            data: data.freeze(),
+            data: chunks,
             end_offset: next,
             records: record_count,
             done,

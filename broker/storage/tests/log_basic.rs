@@ -27,6 +27,15 @@ fn append_assigns_offsets_and_reads_back_byte_exact() {
             expected.push((next, next + n as i64 - 1, stored(b, next)));
             next += n as i64;
         }
+        // Several batches in one append (as a produce request may carry): one vectored write.
+        let three: Vec<Vec<u8>> = (0..3).map(|i| batch(100 + i, 2, 50, 7)).collect();
+        let info = log.append(&three.concat()).unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (next, next + 5));
+        info.durable.wait().unwrap();
+        for b in three {
+            expected.push((next, next + 1, stored(b, next)));
+            next += 2;
+        }
         assert_eq!(log.offsets(), (0, next, next));
         assert_eq!(read_all(&log), expected, "engine {engine:?}");
         // A read in the middle of a batch returns that whole batch.
