@@ -87,7 +87,14 @@ def main():
         idle_rss = rss_mb(pid)
         rows = []
 
+        def settle():
+            # Each run starts with the page cache's dirty data written back, so that one run's
+            # writeback does not land on the next run's fsyncs.
+            os.sync()
+            time.sleep(1)
+
         def produce(name, size, acks, codec, n, throughput=-1):
+            settle()
             c0 = cpu_seconds(pid)
             r = bench("produce", "--bootstrap-server", bs, "--topic", name, "--num-records", str(n),
                       "--record-size", str(size), "--acks", acks, "--compression", codec,
@@ -115,12 +122,14 @@ def main():
         half = produce("p-latency", 1024, "all", "none", int(max(peak * 10 * scale, 1000)), int(peak / 2))
 
         # Consume the 1 KiB acks=all topic.
+        settle()
         n = int(400_000 * scale)
         c0 = cpu_seconds(pid)
         cons = bench("consume", "--bootstrap-server", bs, "--topic", "p-1024-all-none", "--messages", str(n))
         cons["broker_cpu_s"] = cpu_seconds(pid) - c0
         cons["gb"] = n * 1024 / 1e9
 
+        settle()
         e2e = bench("e2e-latency", "--bootstrap-server", bs, "--topic", "e2e", "--rate", "1000",
                     "--seconds", str(int(10 * scale) or 2), "--record-size", "1024")
         final_rss = rss_mb(pid)
@@ -146,6 +155,7 @@ def main():
       "idempotence off) on the same machine, so client and broker share the 2 cores. Broker CPU "
       "is utime+stime of the broker process from `/proc/<pid>/stat` over each run. Baselines run "
       "in the same invocation: sequential `write` + `fdatasync` per chunk on the same filesystem "
+      "(each run starts after `sync`, so earlier runs' writeback does not land on it) "
       "(`millrace-bench baseline-disk`) and a loopback TCP copy (`baseline-tcp`). Ratios are "
       "figure / baseline.\n")
     w(f"Baselines: disk write+fdatasync {disk[65536]:.0f} MB/s (64 KiB chunks), "
