@@ -169,7 +169,11 @@ def main():
           f"{r['mb_per_sec'] / disk[1 << 20]:.2f} | {r['mb_per_sec'] / tcp:.2f} | {lat['p50']:.1f} | "
           f"{lat['p99']:.1f} | {lat['p999']:.1f} | {cpu_per_gb(r):.2f} |")
     w("\nUnthrottled runs queue in the client, so their latencies measure the queue; see the "
-      "half-rate run below for latency.\n")
+      "half-rate run below for latency. With acks=all the broker's CPU includes the page-cache "
+      "writeback that its `fdatasync` calls perform (it runs in the broker's io_uring worker "
+      "threads); with acks=1 the kernel's flusher threads do that work and it is not counted, "
+      "which is most of the difference between the two, and why acks=all figures vary from run "
+      "to run.\n")
     lat = half["latency_ms"]
     w("## Produce latency at 50% of the maximum rate (1 KiB, acks=all)\n")
     w(f"{half['records_per_sec']:.0f} records/s ({half['mb_per_sec']:.1f} MB/s): p50 {lat['p50']:.2f} ms, "
