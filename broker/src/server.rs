@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::handlers;
+use crate::handlers::{self, Chunk};
 use crate::state::Broker;
 
 /// Bytes read from a socket at a time while a frame body arrives.
@@ -103,7 +103,7 @@ async fn shutdown_signal() {
 
 /// A response on its way back (frame chunks): `None` for requests that get none (acks=0
 /// produce).
-type Pending = oneshot::Receiver<Option<Vec<Bytes>>>;
+type Pending = oneshot::Receiver<Option<Vec<Chunk>>>;
 
 async fn connection(
     broker: Arc<Broker>,
@@ -143,8 +143,80 @@ async fn connection(
     }
 }
 
-/// Writes all chunks with vectored writes.
+/// Writes a response: runs of in-memory chunks with vectored writes, record data that lies in a
+/// segment file with `sendfile` (no copy through user space; the memory copy is the fallback).
 async fn write_chunks(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    chunks: &[Chunk],
+) -> std::io::Result<()> {
+    let mut i = 0;
+    while i < chunks.len() {
+        match &chunks[i] {
+            Chunk::File { slice, bytes } => {
+                if !send_file(wr, slice, bytes.len()).await? {
+                    wr.write_all(bytes).await?;
+                }
+                i += 1;
+            }
+            Chunk::Mem(_) => {
+                let run: Vec<Bytes> = chunks[i..]
+                    .iter()
+                    .map_while(|c| match c {
+                        Chunk::Mem(b) => Some(b.clone()),
+                        Chunk::File { .. } => None,
+                    })
+                    .collect();
+                i += run.len();
+                write_vectored_all(wr, &run).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends `len` bytes of `slice` with sendfile(2). `Ok(false)` if nothing was sent and the
+/// caller should write the bytes itself (a file that cannot be spliced).
+async fn send_file(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    slice: &millrace_storage::FileSlice,
+    len: usize,
+) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let sock: &TcpStream = wr.as_ref();
+    let (out_fd, in_fd) = (sock.as_raw_fd(), slice.file.as_raw_fd());
+    let mut offset = slice.position as libc::off_t;
+    let end = offset + len as libc::off_t;
+    while offset < end {
+        sock.writable().await?;
+        let want = (end - offset) as usize;
+        let sent = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: both descriptors are open for the duration of the call (the socket is
+            // borrowed, the file is held by `slice`); `offset` is a valid pointer.
+            let n = unsafe { libc::sendfile(out_fd, in_fd, &mut offset, want) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e)
+                if offset == slice.position as libc::off_t
+                    && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Writes all of `chunks` with vectored writes.
+async fn write_vectored_all(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     chunks: &[Bytes],
 ) -> std::io::Result<()> {

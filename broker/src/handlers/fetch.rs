@@ -14,9 +14,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
-use millrace_storage::{DataChanged, Log, StorageError};
+use millrace_storage::{DataChanged, FileSlice, Log, StorageError};
 
-use super::Response;
+use super::{Chunk, Response};
 use crate::state::Broker;
 
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
@@ -50,10 +50,13 @@ pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchReq
     let max_bytes = if req.max_bytes <= 0 { i32::MAX } else { req.max_bytes } as usize;
     let min_bytes = req.min_bytes.max(0) as usize;
     let mut shutdown = broker.shutdown.subscribe();
+    let mut slices: Vec<(Bytes, FileSlice)> = Vec::new();
     loop {
+        slices.clear();
         let versions: Vec<(Arc<Log>, u64)> =
             wanted.iter().flatten().flatten().map(|l| (l.clone(), l.data_version())).collect();
-        let (responses, total, any_error) = read(v, &req, &wanted, &unknown_code, max_bytes);
+        let (responses, total, any_error) =
+            read(v, &mut slices, &req, &wanted, &unknown_code, max_bytes);
         let now = Instant::now();
         let stopping = *shutdown.borrow_and_update();
         if total >= min_bytes || any_error || now >= deadline || versions.is_empty() || stopping {
@@ -67,25 +70,41 @@ pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchReq
         }
     }
     r.session_id = 0;
-    // The fetched batches go out as references to the segment memory, not copies.
+    // The fetched batches go out as references to the segment memory, not copies, and are
+    // sent from the segment files directly where the socket allows it.
     let shared: Vec<Bytes> = r
         .responses
         .iter()
         .flat_map(|t| t.partitions.iter())
         .filter_map(|p| p.records.clone())
         .collect();
-    millrace_protocol::encode_response_chunks(
+    let chunks = millrace_protocol::encode_response_chunks(
         h.api_key,
         h.api_version,
         h.correlation_id,
         &r,
         &shared,
-    )
-    .map(Some)
+    )?;
+    Ok(Some(
+        chunks
+            .into_iter()
+            .map(|c| {
+                let file = slices
+                    .iter()
+                    .find(|(b, _)| b.as_ptr() == c.as_ptr() && b.len() == c.len())
+                    .map(|(_, s)| s.clone());
+                match file {
+                    Some(slice) => Chunk::File { slice, bytes: c },
+                    None => Chunk::Mem(c),
+                }
+            })
+            .collect(),
+    ))
 }
 
 fn read(
     v: i16,
+    slices: &mut Vec<(Bytes, FileSlice)>,
     req: &FetchRequest,
     wanted: &[Vec<Option<Arc<Log>>>],
     unknown_code: &[i16],
@@ -122,6 +141,10 @@ fn read(
                             pd.last_stable_offset = res.high_watermark;
                             if v >= 5 {
                                 pd.log_start_offset = res.log_start_offset;
+                            }
+                            if let Some(slice) = res.file_slice.filter(|_| !res.records.is_empty())
+                            {
+                                slices.push((res.records.clone(), slice));
                             }
                             pd.records = Some(res.records);
                         }

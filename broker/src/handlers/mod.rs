@@ -79,7 +79,17 @@ pub(crate) fn decode(h: &RequestHeaderInfo, mut body: Bytes) -> Result<Request, 
 
 /// A response frame as chunks to write in order (see `millrace_protocol::ChunkedBuf`), or
 /// `None` when the request gets no response.
-pub(crate) type Response = Result<Option<Vec<Bytes>>, String>;
+pub(crate) type Response = Result<Option<Vec<Chunk>>, String>;
+
+/// A piece of a response frame.
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    /// Bytes in memory.
+    Mem(Bytes),
+    /// Record batches sent straight from their segment file (`sendfile`); `bytes` is the same
+    /// data mapped in memory, the fallback if the file cannot be spliced.
+    File { slice: millrace_storage::FileSlice, bytes: Bytes },
+}
 
 /// The part of a request that may finish later, concurrently with the connection's next
 /// requests (a durability wait, a long poll). Its response still goes out in request order.
@@ -119,7 +129,7 @@ pub(crate) async fn start(
 /// Encodes `body` as the response to `h`.
 pub(crate) fn respond<T: Encodable>(h: &RequestHeaderInfo, body: &T) -> Response {
     encode_response(h.api_key, h.api_version, h.correlation_id, body)
-        .map(|b| Some(vec![b.freeze()]))
+        .map(|b| Some(vec![Chunk::Mem(b.freeze())]))
 }
 
 pub(crate) fn sb(s: impl Into<String>) -> StrBytes {

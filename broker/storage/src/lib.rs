@@ -25,7 +25,7 @@ pub use crate::config::{LogConfig, TimestampType};
 pub use crate::error::{Result, StorageError};
 pub use crate::io::{DataChanged, Durable, IoEngineChoice, IoEngineKind, IoThread};
 pub use crate::log::{
-    now_ms, AppendInfo, Log, OpenReport, ReadResult, RetentionResult, TimestampLookup,
+    now_ms, AppendInfo, FileSlice, Log, OpenReport, ReadResult, RetentionResult, TimestampLookup,
 };
 pub use crate::segment::Truncation;
 

@@ -42,9 +42,20 @@ pub struct ReadResult {
     /// Zero or more whole v2 batches; the first holds the requested offset (or is the first
     /// after it). Empty when nothing is readable at that offset yet.
     pub records: Bytes,
+    /// Where `records` lie in their segment file, for senders that can splice from a file
+    /// (`sendfile`) instead of copying from memory.
+    pub file_slice: Option<FileSlice>,
     pub high_watermark: i64,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+}
+
+/// A byte range of a segment file: `records.len()` bytes at `position`. The file stays open
+/// (and its bytes there unchanged) while this is held, even if the segment is deleted.
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    pub file: Arc<std::fs::File>,
+    pub position: u64,
 }
 
 /// A ListOffsets answer by timestamp.
@@ -519,13 +530,15 @@ impl Log {
             (segs, inner.log_start_offset, hw, leo)
         };
         let mut records = Bytes::new();
+        let mut file_slice = None;
         for seg in segments {
-            if let Some(r) = seg.read(offset, high_watermark, max_bytes, min_one)? {
+            if let Some((r, position)) = seg.read(offset, high_watermark, max_bytes, min_one)? {
                 records = r;
+                file_slice = Some(FileSlice { file: seg.file.clone(), position });
                 break;
             }
         }
-        Ok(ReadResult { records, high_watermark, log_start_offset, log_end_offset })
+        Ok(ReadResult { records, file_slice, high_watermark, log_start_offset, log_end_offset })
     }
 
     fn visible_segments(&self) -> (Vec<Arc<Segment>>, i64, i64) {

@@ -421,7 +421,7 @@ impl Segment {
         end_offset: i64,
         max_bytes: usize,
         min_one: bool,
-    ) -> Result<Option<Bytes>> {
+    ) -> Result<Option<(Bytes, u64)>> {
         let len = self.published_len();
         if len == 0 {
             return Ok(None);
@@ -435,7 +435,7 @@ impl Segment {
             return Ok(None);
         }
         if n > max_bytes && !min_one {
-            return Ok(Some(Bytes::new()));
+            return Ok(Some((Bytes::new(), start as u64)));
         }
         let mut end = start + n;
         for (pos, h, n) in (Batches { data, pos: end }) {
@@ -444,7 +444,7 @@ impl Segment {
             }
             end = pos + n;
         }
-        Ok(Some(view.slice(start..end)))
+        Ok(Some((view.slice(start..end), start as u64)))
     }
 
     /// The first record below `end_offset` and at or after `min_offset` whose timestamp is
