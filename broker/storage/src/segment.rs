@@ -392,6 +392,15 @@ impl Segment {
         Ok(v.clone())
     }
 
+    /// Exactly the published bytes, sharing the file's map; `None` for an empty segment.
+    fn published_view(&self) -> Result<Option<Bytes>> {
+        let len = self.published_len();
+        if len == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.view(len)?.slice(..len as usize)))
+    }
+
     /// Position of the batch holding `offset` (or the first after it), scanning forward from
     /// the index's hint. An index entry that does not point at the batch it names (a corrupt
     /// index) is ignored and the scan starts at the segment's beginning.
@@ -422,12 +431,8 @@ impl Segment {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<Option<(Bytes, u64)>> {
-        let len = self.published_len();
-        if len == 0 {
-            return Ok(None);
-        }
-        let view = self.view(len)?;
-        let data = &view[..len as usize];
+        let Some(view) = self.published_view()? else { return Ok(None) };
+        let data = &view[..];
         let Some((start, h, n)) = self.position_of(data, offset) else {
             return Ok(None);
         };
@@ -456,8 +461,7 @@ impl Segment {
         min_offset: i64,
         end_offset: i64,
     ) -> Result<Option<TimestampLookup>> {
-        let len = self.published_len();
-        if len == 0 {
+        if self.published_len() == 0 {
             return Ok(None);
         }
         let start_offset = match self.state().time_index.lookup(timestamp) {
@@ -468,8 +472,8 @@ impl Segment {
         if start_offset >= end_offset {
             return Ok(None);
         }
-        let view = self.view(len)?;
-        let data = &view[..len as usize];
+        let Some(view) = self.published_view()? else { return Ok(None) };
+        let data = &view[..];
         let Some((start, _, _)) = self.position_of(data, start_offset) else { return Ok(None) };
         for (pos, h, n) in (Batches { data, pos: start }) {
             if h.base_offset >= end_offset {
@@ -498,12 +502,8 @@ impl Segment {
         min_offset: i64,
         end_offset: i64,
     ) -> Result<Option<(i64, Bytes)>> {
-        let len = self.published_len();
-        if len == 0 {
-            return Ok(None);
-        }
-        let view = self.view(len)?;
-        let data = &view[..len as usize];
+        let Some(view) = self.published_view()? else { return Ok(None) };
+        let data = &view[..];
         let Some((start, _, _)) = self.position_of(data, min_offset) else { return Ok(None) };
         let mut best: Option<(i64, usize, usize)> = None;
         for (pos, h, n) in (Batches { data, pos: start }) {
