@@ -1,6 +1,7 @@
 //! Produce (key 0): appends each partition's record set to its log. acks=0 gets no response,
-//! acks=1 is answered once the batches are ordered in the log, acks=-1 (all) once they are
-//! fsynced (the log's group commit), without holding up the connection's other requests.
+//! acks=1 is answered once the batches are written to the segment file (in the page cache, so
+//! they survive a crash of the broker process, as with Kafka), acks=-1 (all) once they are
+//! fsynced (the log's group commit); neither wait holds up the connection's other requests.
 
 use std::time::Duration;
 
@@ -57,8 +58,10 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
                         if h.api_version >= 5 {
                             p.log_start_offset = log.log_start_offset();
                         }
-                        if acks == -1 {
-                            waits.push((ti, pi, info.durable));
+                        match acks {
+                            -1 => waits.push((ti, pi, info.durable)),
+                            1 => waits.push((ti, pi, info.written)),
+                            _ => {}
                         }
                     }
                     Err(e) => {
@@ -97,7 +100,7 @@ async fn finish(
             Err(_) => {
                 p.error_code = ec::REQUEST_TIMED_OUT;
                 p.error_message =
-                    (h.api_version >= 8).then(|| sb("not durable within the request's timeout_ms"));
+                    (h.api_version >= 8).then(|| sb("not written within the request's timeout_ms"));
             }
         }
     }

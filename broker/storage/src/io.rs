@@ -281,6 +281,9 @@ pub(crate) enum Op {
         data: Vec<Bytes>,
         end_offset: i64,
         records: i64,
+        /// Resolves once the bytes are written (in the page cache, readable).
+        written: Completer,
+        /// Resolves once they are on disk.
         done: Completer,
     },
     /// Sync everything written so far for `log`, then run `then`.
@@ -609,6 +612,8 @@ struct Write {
     written: usize,
     end_offset: i64,
     records: i64,
+    /// Resolved when the write is published.
+    on_written: Completer,
     done: Completer,
     /// `None` while running; the error text if it failed.
     result: Option<std::result::Result<(), String>>,
@@ -801,6 +806,7 @@ impl Looper {
         for (_, log) in self.logs.drain() {
             let closed = || Err((PathBuf::new(), "log directory closed".to_string()));
             for w in log.writes {
+                w.on_written.complete(closed());
                 w.done.complete(closed());
             }
             for w in log.waiting {
@@ -845,8 +851,9 @@ impl Looper {
 
     fn handle(&mut self, op: Op) {
         match op {
-            Op::Append { log, segment, position, data, end_offset, records, done } => {
+            Op::Append { log, segment, position, data, end_offset, records, written, done } => {
                 if self.health.is_failed() {
+                    written.complete(Err(self.health.failure()));
                     done.complete(Err(self.health.failure()));
                     return;
                 }
@@ -865,6 +872,7 @@ impl Looper {
                     written: 0,
                     end_offset,
                     records,
+                    on_written: written,
                     done,
                     result: None,
                     syncs_after: Vec::new(),
@@ -945,6 +953,7 @@ impl Looper {
                     if !l.dirty.iter().any(|f| Arc::ptr_eq(f, &w.segment.file)) {
                         l.dirty.push(w.segment.file.clone());
                     }
+                    w.on_written.complete(Ok(()));
                     l.waiting.push(w.done);
                     l.unsynced_records += w.records;
                     l.first_unsynced.get_or_insert_with(Instant::now);
@@ -970,6 +979,7 @@ impl Looper {
                     if let Err(e) = w.segment.truncate_after_failure(w.segment.published_len()) {
                         tracing::error!(error = %e, "could not truncate after a failed write");
                     }
+                    w.on_written.complete(Err(health.failure()));
                     w.done.complete(Err(health.failure()));
                     for (d, _) in w.syncs_after {
                         if let Some(d) = d {

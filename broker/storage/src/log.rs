@@ -31,7 +31,10 @@ pub struct AppendInfo {
     pub record_count: i64,
     /// The broker's timestamp when the topic uses LogAppendTime, else -1 (as in ProduceResponse).
     pub log_append_time_ms: i64,
-    /// Resolves when the records are on disk.
+    /// Resolves when the records are written to the segment file (in the page cache: they
+    /// survive a crash of the process, not of the machine). What acks=1 waits for.
+    pub written: Durable,
+    /// Resolves when the records are on disk. What acks=all waits for.
     pub durable: Durable,
 }
 
@@ -347,6 +350,7 @@ impl Log {
             chunks.push(data.freeze());
         }
         let (durable, done) = io::durable_pair();
+        let (written, written_done) = io::durable_pair();
         self.io.submit(Op::Append {
             log: self.progress.clone(),
             segment: active,
@@ -354,6 +358,7 @@ impl Log {
             data: chunks,
             end_offset: next,
             records: record_count,
+            written: written_done,
             done,
         })?;
         inner.log_end_offset = next;
@@ -362,6 +367,7 @@ impl Log {
             last_offset,
             record_count,
             log_append_time_ms: if log_append_time { now_ms } else { -1 },
+            written,
             durable,
         })
     }

@@ -270,6 +270,11 @@ fn relaxed_flush_policy_shows_data_before_it_is_durable() {
     let log = open(dir.path(), config, &io);
     let info = log.append(&batch(1, 3, 10, 5)).unwrap();
     let seen = log.data_version();
+    // Written (page cache, what acks=1 waits for) comes before durable (flush.ms = 200).
+    info.written.wait().unwrap();
+    assert!(!info.durable.is_done());
+    let file = dir.path().join("t-0").join(format!("{:020}.log", 0));
+    assert!(std::fs::metadata(file).unwrap().len() > 61);
     // Visible once written, durable only at the next flush (flush.ms = 200).
     let t = std::time::Instant::now();
     while log.high_watermark() < 3 {
