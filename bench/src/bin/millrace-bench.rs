@@ -445,27 +445,15 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     }
     producer.flush(Duration::from_secs(10))?;
     let q = |x: f64| ms(hist.value_at_quantile(x));
+    let (n, rate) = (seen.len(), a.rate);
+    let (p50, p95, p99, p999, max) = (q(0.5), q(0.95), q(0.99), q(0.999), ms(hist.max()));
     if a.common.json {
         println!(
-            "{{\"records\":{},\"rate\":{},\"latency_ms\":{{\"p50\":{:.3},\"p95\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}}}}",
-            seen.len(),
-            a.rate,
-            q(0.5),
-            q(0.95),
-            q(0.99),
-            q(0.999),
-            ms(hist.max())
+            "{{\"records\":{n},\"rate\":{rate},\"latency_ms\":{{\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3},\"max\":{max:.3}}}}}"
         );
     } else {
         println!(
-            "{} records at {}/s: end-to-end latency {:.2} ms 50th, {:.2} ms 95th, {:.2} ms 99th, {:.2} ms 99.9th, {:.2} ms max (from scheduled send time).",
-            seen.len(),
-            a.rate,
-            q(0.5),
-            q(0.95),
-            q(0.99),
-            q(0.999),
-            ms(hist.max())
+            "{n} records at {rate}/s: end-to-end latency {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th, {max:.2} ms max (from scheduled send time)."
         );
     }
     if (seen.len() as u64) < total {

@@ -70,13 +70,7 @@ pub(super) async fn handle(
                 }
             }
             broker
-                .create_topic(
-                    &name,
-                    partitions,
-                    t.replication_factor,
-                    configs,
-                    h.api_version >= 0 && req.validate_only,
-                )
+                .create_topic(&name, partitions, t.replication_factor, configs, req.validate_only)
                 .await
         }
         .await;

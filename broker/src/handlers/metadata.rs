@@ -84,14 +84,10 @@ pub(super) async fn handle(
     respond(h, &r)
 }
 
-fn broker_version_has_topic_ids(version: i16) -> bool {
-    version >= 10
-}
-
 fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(topic_name(&topic.name));
-    if broker_version_has_topic_ids(version) {
+    if version >= 10 {
         t.topic_id = topic.id;
     }
     t.topic_authorized_operations = i32::MIN;

@@ -604,10 +604,9 @@ impl Log {
             }
         }
         Ok(best.map(|(t, batch)| {
+            // `None` for a compressed batch: the caller decompresses it.
             let record = batch::first_record_at_or_after(&batch, t, log_start).flatten();
-            let compressed = batch::BatchHeader::parse(&batch)
-                .is_some_and(|h| h.compression() != 0 && !h.is_log_append_time());
-            TimestampLookup { batch, record: if compressed { None } else { record } }
+            TimestampLookup { batch, record }
         }))
     }
 
