@@ -1,16 +1,16 @@
 //! The write path of one log directory: a thread that owns an io_uring (or, where io_uring is not
 //! available, plain `pwrite`/`fdatasync`) and takes appends and syncs over a bounded channel.
 //!
-//! Appends are submitted as soon as they arrive, many at once, and published to readers in
-//! order as they complete. Group commit is per log: when a log has published appends waiting
+//! Appends are written (`pwritev`, on this thread) as soon as they arrive and published to
+//! readers in order. Group commit is per log: when a log has published appends waiting
 //! (or its `flush.messages` / `flush.ms` is due, or a flush was asked for) and no sync of it is
 //! running, one `fdatasync` per dirty segment file is submitted, covering everything published so
 //! far; when they all complete, the log's durable end advances and the [`Durable`] futures they
 //! cover resolve. Appends that arrive meanwhile are written at once and wait for that log's next
-//! sync, while other logs' writes and syncs proceed independently. With io_uring all of this is
-//! in flight together and the thread sleeps in `io_uring_enter`, woken by completions or by an
-//! eventfd that [`IoThread::submit`] writes when it sleeps; the portable engine runs each
-//! operation in turn.
+//! sync, while other logs' writes and syncs proceed independently. With io_uring the syncs of
+//! all logs are in flight together and the thread sleeps in `io_uring_enter`, woken by
+//! completions or by an eventfd that [`IoThread::submit`] writes when it sleeps; the portable
+//! engine runs each operation in turn.
 //!
 //! Any write or sync error marks the whole directory failed (as Kafka takes a log directory
 //! offline): the failed log is cut back to what was published before, every pending future
@@ -370,6 +370,8 @@ struct Uring {
     wake_fd: OwnedFd,
     /// Target of the eventfd read; boxed so its address is stable while the read is armed.
     wake_buf: Box<[u8; 8]>,
+    /// Completions of the writes done inline, not yet collected.
+    ready: Vec<(u64, i32)>,
 }
 
 impl Uring {
@@ -390,6 +392,7 @@ impl Uring {
             in_flight: 0,
             wake_fd,
             wake_buf: Box::new([0; 8]),
+            ready: Vec::new(),
         };
         u.arm_wake();
         Ok(u)
@@ -425,16 +428,19 @@ impl Uring {
 }
 
 impl Engine for Uring {
+    /// Buffered writes are done here, inline, with `pwritev`: ext4 cannot take them without
+    /// blocking, so io_uring would hand each one to an io-wq worker thread, and on these
+    /// machines the wake-ups and context switches of that hand-off cost more CPU than the copy
+    /// into the page cache itself (docs/design/storage.md, "Write path"). The `fdatasync`s,
+    /// which do block for the disk, stay in the ring and run while this thread goes on writing.
     fn write(&mut self, tag: u64, fd: RawFd, iov: &IoVecs, offset: u64) {
-        let entry = io_uring::opcode::Writev::new(
-            io_uring::types::Fd(fd),
-            iov.0.as_ptr(),
-            iov.0.len() as u32,
-        )
-        .offset(offset)
-        .build()
-        .user_data(tag);
-        self.push(entry);
+        // SAFETY: `fd` is an open file the caller keeps alive; the iovecs point at live buffers.
+        let n = unsafe {
+            libc::pwritev(fd, iov.0.as_ptr(), iov.0.len() as libc::c_int, offset as libc::off_t)
+        };
+        let res = if n < 0 { errno_of(&std::io::Error::last_os_error()) } else { n as i32 };
+        self.in_flight += 1;
+        self.ready.push((tag, res));
     }
     fn fsync(&mut self, tag: u64, fd: RawFd) {
         let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd))
@@ -447,6 +453,8 @@ impl Engine for Uring {
         self.in_flight
     }
     fn complete(&mut self, wait: bool, deadline: Option<Instant>, out: &mut Vec<(u64, i32)>) {
+        self.in_flight -= self.ready.len();
+        out.append(&mut self.ready);
         loop {
             self.flush_backlog();
             let want = usize::from(wait && out.is_empty());
