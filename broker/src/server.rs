@@ -1,13 +1,14 @@
 //! The network side: the accept loop, one task per connection, graceful shutdown.
 //!
 //! A connection's reader takes frames (4-byte length, then the request), checks the length
-//! against `socket.request.max.bytes` before reading the body (and grows the buffer only as bytes
-//! arrive), parses the header and starts a task per request. Responses go back in request order
-//! through a bounded queue (`requests_in_flight_max`): later requests are being worked on while an
-//! earlier one (an acks=all produce waiting for its fsync, a long-polling fetch) is still running.
-//! A frame that cannot be taken (bad length, unknown API key, unsupported version, malformed
-//! header or body) closes the connection after the responses before it, with one log line;
-//! other connections never notice.
+//! against `socket.request.max.bytes` before reading the body (a buffer of up to 2 MiB is taken
+//! at once, a larger one grows only as bytes arrive), parses the header and starts a task per
+//! request. Responses go back in request order through a bounded queue
+//! (`requests_in_flight_max`): later requests are being worked on while an earlier one (an
+//! acks=all produce waiting for its fsync, a long-polling fetch) is still running. A frame that
+//! cannot be taken (bad length, unknown API key, unsupported version, malformed header or body)
+//! closes the connection after the responses before it, with one log line; other connections
+//! never notice.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,10 @@ use crate::state::Broker;
 
 /// Bytes read from a socket at a time while a frame body arrives.
 const READ_CHUNK: usize = 64 * 1024;
+/// Frames up to this size get their whole buffer before the body arrives: a produce request of a
+/// client's default `max.request.size` (1 MiB) with room to spare. At most this much per
+/// connection is reserved on a length's word alone.
+const PREALLOC_MAX: usize = 2 << 20;
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -272,10 +277,12 @@ async fn read_loop(
             ));
         }
         let len = len as usize;
-        // Grow with what arrives, never by what the length claims.
-        let mut frame = BytesMut::with_capacity(len.min(READ_CHUNK));
+        // A frame of ordinary size gets its whole buffer at once, so that its bytes are never
+        // moved; a larger one grows with what arrives, never by what the length claims.
+        let step = if len <= PREALLOC_MAX { len } else { READ_CHUNK };
+        let mut frame = BytesMut::with_capacity(len.min(step));
         while frame.len() < len {
-            let want = (len - frame.len()).min(READ_CHUNK);
+            let want = (len - frame.len()).min(step);
             frame.reserve(want);
             let n = rd
                 .read_buf(&mut (&mut frame).limit(want))
