@@ -26,6 +26,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER = os.path.join(ROOT, "target/release/millrace")
 BENCH = os.path.join(ROOT, "target/release/millrace-bench")
 TICK = os.sysconf("SC_CLK_TCK")
+# Chunk sizes of the disk baseline (write + fdatasync per chunk).
+DISK_CHUNKS = (65536, 262144, 1 << 20)
+# linger.ms of the latency run: librdkafka's default (5 ms) would put up to 5 ms of client-side
+# batching delay into every figure; 1 ms keeps batching and leaves the broker's part visible.
+LATENCY_LINGER_MS = 1
+# Shares of the unthrottled rate at which latency is measured.
+LATENCY_SHARES = (0.5, 0.25)
 
 
 def free_port():
@@ -46,6 +53,21 @@ def rss_mb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return -1
+
+
+def settle(drop_caches=True):
+    """Starts a run with the page cache's dirty data written back, so that one run's writeback
+    does not land on the next run's fsyncs, and (as root) with the clean page cache dropped, so
+    that every run grows it from the same state: on this VM the cost of a new page-cache page
+    depends on it (docs/performance.md)."""
+    os.sync()
+    if drop_caches:
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+        except OSError:
+            pass
+    time.sleep(1)
 
 
 def bench(*args):
@@ -87,27 +109,31 @@ def main():
         idle_rss = rss_mb(pid)
         rows = []
 
-        def settle():
-            # Each run starts with the page cache's dirty data written back, so that one run's
-            # writeback does not land on the next run's fsyncs.
-            os.sync()
-            time.sleep(1)
-
-        def produce(name, size, acks, codec, n, throughput=-1):
+        def produce(name, size, acks, codec, n, throughput=-1, *extra):
             settle()
             c0 = cpu_seconds(pid)
             r = bench("produce", "--bootstrap-server", bs, "--topic", name, "--num-records", str(n),
                       "--record-size", str(size), "--acks", acks, "--compression", codec,
-                      "--throughput", str(throughput))
+                      "--throughput", str(throughput), *extra)
             r["broker_cpu_s"] = cpu_seconds(pid) - c0
             r["gb"] = n * size / 1e9
+            # The kernel's share of the same bytes under the same conditions, measured right
+            # after: writing them with an fdatasync per MiB (the cost of page-cache memory on this
+            # VM drifts as the cache grows, so a floor from the start of the run would not do).
+            os.sync()
+            d = baseline("baseline-disk", "--dir", data, "--bytes", str(n * size), "--chunk", str(1 << 20),
+                         "--fsync-every-chunk")
+            r["floor_s_per_gb"] = d["cpu_s_per_gb"] + tcp["recv_cpu_s_per_gb"]
             return r
 
         disk = {}
-        for chunk in (65536, 1 << 20):
+        for chunk in DISK_CHUNKS:
+            settle()
             disk[chunk] = baseline("baseline-disk", "--dir", data, "--bytes", str(int(256e6 * scale)),
-                                   "--chunk", str(chunk), "--fsync-every-chunk")["mb_per_sec"]
-        tcp = baseline("baseline-tcp", "--bytes", str(int(2e9 * scale)))["mb_per_sec"]
+                                   "--chunk", str(chunk), "--fsync-every-chunk")
+        tcp = baseline("baseline-tcp", "--bytes", str(int(2e9 * scale)), "--chunk", str(1 << 20))
+        tcp_sendfile = baseline("baseline-tcp", "--bytes", str(int(2e9 * scale)), "--chunk", str(1 << 20),
+                                "--sendfile-dir", data)
 
         results = {}
         for size, n in ((100, int(2_000_000 * scale)), (1024, int(400_000 * scale))):
@@ -117,15 +143,22 @@ def main():
                     results[(size, acks, codec)] = produce(topic, size, acks, codec, n)
         loaded_rss = rss_mb(pid)
 
-        # Latency at half of the measured maximum rate (1 KiB, acks=all, uncompressed).
+        # Latency at fractions of the measured maximum rate (1 KiB, acks=all, uncompressed), for
+        # 10 s each.
         peak = results[(1024, "all", "none")]["records_per_sec"]
-        half = produce("p-latency", 1024, "all", "none", int(max(peak * 10 * scale, 1000)), int(peak / 2))
+        paced = {}
+        for share in LATENCY_SHARES:
+            rate = int(peak * share)
+            paced[share] = produce(f"p-latency-{int(share * 100)}", 1024, "all", "none",
+                                   int(max(rate * 10 * scale, 1000)), rate,
+                                   "--producer-props", f"linger.ms={LATENCY_LINGER_MS}")
 
-        # Consume the 1 KiB acks=all topic.
-        settle()
+        # Consume 1 KiB records just produced, from the page cache as a consumer that keeps up does.
         n = int(400_000 * scale)
+        produce("c-1024", 1024, "all", "none", n)
+        settle(drop_caches=False)
         c0 = cpu_seconds(pid)
-        cons = bench("consume", "--bootstrap-server", bs, "--topic", "p-1024-all-none", "--messages", str(n))
+        cons = bench("consume", "--bootstrap-server", bs, "--topic", "c-1024", "--messages", str(n))
         cons["broker_cpu_s"] = cpu_seconds(pid) - c0
         cons["gb"] = n * 1024 / 1e9
 
@@ -151,38 +184,71 @@ def main():
     w(f"Generated by `python3 bench/report.py` on {datetime.date.today()} ({platform.node()}, "
       f"{os.cpu_count()} cores, kernel {platform.release()}{', --quick' if a.quick else ''}). "
       "The broker is the release build on a fresh data directory under `target/`; the client is "
-      "`millrace-bench` (librdkafka via the `rdkafka` crate, `linger.ms=5`, `batch.size=1MiB`, "
+      "`millrace-bench` (librdkafka via the `rdkafka` crate, `linger.ms=5` (1 in the fixed-rate runs), `batch.size=1MiB`, "
+      "values of random uppercase letters as in `kafka-producer-perf-test`, "
       "idempotence off) on the same machine, so client and broker share the 2 cores. Broker CPU "
       "is utime+stime of the broker process from `/proc/<pid>/stat` over each run. Baselines run "
       "in the same invocation: sequential `write` + `fdatasync` per chunk on the same filesystem "
-      "(each run starts after `sync`, so earlier runs' writeback does not land on it) "
+      "(each run starts after `sync` and, as root, a `drop_caches`, so earlier runs' writeback and page cache do not land on it) "
       "(`millrace-bench baseline-disk`) and a loopback TCP copy (`baseline-tcp`). Ratios are "
-      "figure / baseline.\n")
-    w(f"Baselines: disk write+fdatasync {disk[65536]:.0f} MB/s (64 KiB chunks), "
-      f"{disk[1 << 20]:.0f} MB/s (1 MiB chunks); loopback TCP {tcp:.0f} MB/s.\n")
+      "figure / baseline. Figures on this VM vary from run to run, CPU per GB by up to 2× (why, and "
+      "where the time goes: `docs/performance.md`).\n")
+    mib = 1 << 20
+    # The kernel's own cost of taking 1 GB in over loopback TCP and writing + fdatasyncing it in
+    # 1 MiB chunks: what any broker on this machine pays before doing anything of its own.
+    produce_floor = disk[mib]["cpu_s_per_gb"] + tcp["recv_cpu_s_per_gb"]
+    consume_floor = min(tcp_sendfile["send_cpu_s_per_gb"], tcp["send_cpu_s_per_gb"])
+    w("Baselines (same run):\n")
+    w("| baseline | MB/s | CPU s/GB | p50 ms | p99 ms | p99.9 ms |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for chunk in DISK_CHUNKS:
+        d = disk[chunk]
+        lat = d["chunk_latency_ms"]
+        w(f"| disk: write + fdatasync per {chunk // 1024} KiB | {d['mb_per_sec']:.0f} | {d['cpu_s_per_gb']:.2f} | "
+          f"{lat['p50']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} |")
+    w(f"| loopback TCP, write 1 MiB → read: receiver | {tcp['mb_per_sec']:.0f} | {tcp['recv_cpu_s_per_gb']:.2f} | | | |")
+    w(f"| loopback TCP, write 1 MiB → read: sender | {tcp['mb_per_sec']:.0f} | {tcp['send_cpu_s_per_gb']:.2f} | | | |")
+    w(f"| loopback TCP, sendfile 1 MiB from the page cache: sender | {tcp_sendfile['mb_per_sec']:.0f} | "
+      f"{tcp_sendfile['send_cpu_s_per_gb']:.2f} | | | |")
+    w("")
+    w(f"CPU floor of a produced GB = disk (1 MiB fsyncs) + TCP receiver = {produce_floor:.2f} s/GB here, at the start; "
+      "each uncompressed produce row below has its own floor, the same disk baseline run right after it "
+      "with its bytes (plus the TCP receiver), because the cost of new page-cache memory drifts during "
+      f"the run on this VM. Of a consumed GB = the cheaper TCP sender = {consume_floor:.2f} s/GB (on loopback "
+      "the sender also runs the receiving side's TCP processing). Latency percentiles of the disk rows "
+      "are per chunk (write + fdatasync).\n")
     w("## Produce\n")
-    w("| record | acks | codec | records/s | MB/s | vs disk (1 MiB fsync) | vs TCP | p50 ms | p99 ms | p99.9 ms | broker CPU s/GB |")
-    w("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| record | acks | codec | records/s | MB/s | vs disk (1 MiB fsync) | vs TCP | p50 ms | p99 ms | p99.9 ms | broker CPU s/GB | CPU floor s/GB | vs floor |")
+    w("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (size, acks, codec), r in results.items():
         lat = r["latency_ms"]
+        floor = f"{r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f}" if codec == "none" else "– | –"
         w(f"| {size} B | {acks} | {codec} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | "
-          f"{r['mb_per_sec'] / disk[1 << 20]:.2f} | {r['mb_per_sec'] / tcp:.2f} | {lat['p50']:.1f} | "
-          f"{lat['p99']:.1f} | {lat['p999']:.1f} | {cpu_per_gb(r):.2f} |")
-    w("\nUnthrottled runs queue in the client, so their latencies measure the queue; see the "
-      "half-rate run below for latency. With acks=all the broker's CPU includes the page-cache "
-      "writeback that its `fdatasync` calls perform (it runs in the broker's io_uring worker "
-      "threads); with acks=1 the kernel's flusher threads do that work and it is not counted, "
-      "which is most of the difference between the two, and why acks=all figures vary from run "
-      "to run.\n")
-    lat = half["latency_ms"]
-    w("## Produce latency at 50% of the maximum rate (1 KiB, acks=all)\n")
-    w(f"{half['records_per_sec']:.0f} records/s ({half['mb_per_sec']:.1f} MB/s): p50 {lat['p50']:.2f} ms, "
-      f"p95 {lat['p95']:.2f} ms, p99 {lat['p99']:.2f} ms, p99.9 {lat['p999']:.2f} ms, max {lat['max']:.2f} ms; "
-      f"broker CPU {cpu_per_gb(half):.2f} s/GB.\n")
+          f"{r['mb_per_sec'] / disk[mib]['mb_per_sec']:.2f} | {r['mb_per_sec'] / tcp['mb_per_sec']:.2f} | {lat['p50']:.1f} | "
+          f"{lat['p99']:.1f} | {lat['p999']:.1f} | {cpu_per_gb(r):.2f} | {floor} |")
+    w("\nMB/s and CPU per GB count the records' uncompressed bytes; with lz4 fewer bytes reach the "
+      "socket and the disk, so those rows have no floor. Unthrottled runs queue in the client, so "
+      "their latencies measure the queue; see the fixed-rate runs below for latency. Every acks "
+      "setting is fsynced by default (consumers see only durable data, `flush.messages` / "
+      "`flush.ms` relax it), so acks=1 and acks=all cost the broker the same.\n")
+    d256 = disk[262144]["chunk_latency_ms"]
+    w(f"## Produce latency at a fixed rate (1 KiB, acks=all, linger.ms={LATENCY_LINGER_MS})\n")
+    w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for share, r in paced.items():
+        lat = r["latency_ms"]
+        w(f"| {share:.0%} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
+          f"{lat['p95']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
+          f"{cpu_per_gb(r):.2f} | {r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} |")
+    w(f"\nLatency is from `send()` to the acknowledgement, so it includes up to {LATENCY_LINGER_MS} ms of "
+      "client batching. Beside it, the disk's own write + fdatasync of 256 KiB: "
+      f"p99 {d256['p99']:.2f} ms, p99.9 {d256['p999']:.2f} ms. Small batches cost more CPU per GB "
+      "(an fdatasync and a request round trip each): when client and broker together need more "
+      "than the 2 cores, the client's queue grows and latency with it.\n")
     w("## Consume (1 KiB records, no group, all partitions assigned)\n")
     w(f"{cons['records_per_sec']:.0f} records/s, {cons['mb_per_sec']:.1f} MB/s "
-      f"({cons['mb_per_sec'] / tcp:.2f} of loopback TCP), first record after {cons['first_record_ms']:.0f} ms; "
-      f"broker CPU {cpu_per_gb(cons):.3f} s/GB.\n")
+      f"({cons['mb_per_sec'] / tcp['mb_per_sec']:.2f} of loopback TCP), first record after {cons['first_record_ms']:.0f} ms; "
+      f"broker CPU {cpu_per_gb(cons):.3f} s/GB ({cpu_per_gb(cons) / consume_floor:.2f} × the floor).\n")
     el = e2e["latency_ms"]
     w("## End-to-end latency (1 KiB at 1000 records/s, acks=all, from scheduled send time)\n")
     w(f"p50 {el['p50']:.2f} ms, p95 {el['p95']:.2f} ms, p99 {el['p99']:.2f} ms, p99.9 {el['p999']:.2f} ms, "

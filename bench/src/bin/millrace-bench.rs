@@ -43,7 +43,9 @@ enum Command {
     /// Baseline: sequential write of `--bytes` in `--chunk` pieces to a file in `--dir`, with an
     /// fdatasync after every chunk (`--fsync-every-chunk`) or once at the end.
     BaselineDisk(BaselineDiskArgs),
-    /// Baseline: copy `--bytes` over a loopback TCP connection in `--chunk` writes.
+    /// Baseline: copy `--bytes` over a loopback TCP connection in `--chunk` writes (or with
+    /// `sendfile` from a file in `--sendfile-dir`, as a broker serves a fetch); reports the CPU
+    /// time of the receiving and of the sending thread per GB.
     BaselineTcp(BaselineTcpArgs),
 }
 
@@ -65,6 +67,10 @@ struct BaselineTcpArgs {
     bytes: u64,
     #[arg(long, default_value_t = 65536)]
     chunk: usize,
+    /// Send with `sendfile` from a 64 MiB file created (and read into the page cache) in this
+    /// directory, instead of `write` from a buffer.
+    #[arg(long)]
+    sendfile_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -219,7 +225,19 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         (Some(p), _) => {
             std::fs::read_to_string(p)?.lines().map(|l| l.as_bytes().to_vec()).collect()
         }
-        (None, Some(n)) => vec![(0..n).map(|i| b'A' + (i % 26) as u8).collect()],
+        // As kafka-producer-perf-test: one payload of random uppercase letters, sent as every
+        // record's value (fixed seed, so runs compare).
+        (None, Some(n)) => {
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            vec![(0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    b'A' + (x % 26) as u8
+                })
+                .collect()]
+        }
         (None, None) => return Err("--record-size or --payload-file is required".into()),
     };
     if payloads.is_empty() {
@@ -462,38 +480,64 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// CPU time (user + system) of the calling thread, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
     use std::io::Write;
     let path = a.dir.join(format!("millrace-bench-baseline-{}", std::process::id()));
     let buf: Vec<u8> = (0..a.chunk).map(|i| (i % 251) as u8).collect();
+    // Time of each chunk's write (+ fdatasync), in microseconds.
+    let mut hist = Histogram::<u64>::new(3)?;
     let start = Instant::now();
+    let cpu0 = thread_cpu_seconds();
     {
         let mut f = std::fs::File::create(&path)?;
         let mut written = 0u64;
         while written < a.bytes {
+            let t = Instant::now();
             f.write_all(&buf)?;
             written += buf.len() as u64;
             if a.fsync_every_chunk {
                 f.sync_data()?;
             }
+            hist.saturating_record(t.elapsed().as_micros() as u64);
         }
         f.sync_data()?;
     }
+    let cpu = thread_cpu_seconds() - cpu0;
     let secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
-    println!("{{\"mb_per_sec\":{:.3},\"seconds\":{secs:.3}}}", a.bytes as f64 / secs / 1e6);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{{\"mb_per_sec\":{:.3},\"seconds\":{secs:.3},\"cpu_s_per_gb\":{:.4},\
+         \"chunk_latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}}}}",
+        a.bytes as f64 / secs / 1e6,
+        cpu / (a.bytes as f64 / 1e9),
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        hist.max() as f64 / 1000.0
+    );
     Ok(())
 }
 
 fn baseline_tcp(a: BaselineTcpArgs) -> Result<(), Error> {
     use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let total = a.bytes;
-    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+    let reader = std::thread::spawn(move || -> std::io::Result<(u64, f64)> {
         let (mut s, _) = listener.accept()?;
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0u64;
+        let cpu0 = thread_cpu_seconds();
         while got < total {
             let n = s.read(&mut buf)?;
             if n == 0 {
@@ -501,19 +545,64 @@ fn baseline_tcp(a: BaselineTcpArgs) -> Result<(), Error> {
             }
             got += n as u64;
         }
-        Ok(got)
+        Ok((got, thread_cpu_seconds() - cpu0))
     });
+    // The file to send from, in the page cache before the clock starts.
+    const FILE_BYTES: u64 = 64 << 20;
+    let file = match &a.sendfile_dir {
+        Some(dir) => {
+            let path = dir.join(format!("millrace-bench-sendfile-{}", std::process::id()));
+            let mut f = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            let _ = std::fs::remove_file(&path);
+            let block = vec![7u8; 1 << 20];
+            for _ in 0..FILE_BYTES >> 20 {
+                f.write_all(&block)?;
+            }
+            let mut sink = Vec::new();
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+            f.read_to_end(&mut sink)?;
+            Some(f)
+        }
+        None => None,
+    };
     let buf = vec![7u8; a.chunk];
     let start = Instant::now();
     let mut s = std::net::TcpStream::connect(addr)?;
+    let cpu0 = thread_cpu_seconds();
     let mut sent = 0u64;
     while sent < total {
-        s.write_all(&buf)?;
-        sent += buf.len() as u64;
+        match &file {
+            Some(f) => {
+                let mut off = (sent % FILE_BYTES) as libc::off_t;
+                let len = a.chunk.min((FILE_BYTES - off as u64) as usize);
+                // SAFETY: both descriptors are open; `off` is ours to update.
+                let n = unsafe { libc::sendfile(s.as_raw_fd(), f.as_raw_fd(), &mut off, len) };
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                sent += n as u64;
+            }
+            None => {
+                s.write_all(&buf)?;
+                sent += buf.len() as u64;
+            }
+        }
     }
+    let send_cpu = thread_cpu_seconds() - cpu0;
     drop(s);
-    let got = reader.join().map_err(|_| "reader panicked")??;
+    let (got, recv_cpu) = reader.join().map_err(|_| "reader panicked")??;
     let secs = start.elapsed().as_secs_f64();
-    println!("{{\"mb_per_sec\":{:.3},\"seconds\":{secs:.3}}}", got as f64 / secs / 1e6);
+    let gb = got as f64 / 1e9;
+    println!(
+        "{{\"mb_per_sec\":{:.3},\"seconds\":{secs:.3},\"send_cpu_s_per_gb\":{:.4},\"recv_cpu_s_per_gb\":{:.4}}}",
+        got as f64 / secs / 1e6,
+        send_cpu / gb,
+        recv_cpu / gb
+    );
     Ok(())
 }
