@@ -22,31 +22,39 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import BENCH, BROKER, ROOT, cpu_seconds, free_port, settle  # noqa: E402
 
-# (category, markers): a sample goes to the first category with a marker among the functions
-# of its stack; the order puts the operation a sample serves before how it spends the time
-# (a context switch inside an fdatasync counts as fdatasync).
+# (category, markers, user): a sample goes to the first category with a marker among the
+# functions of its stack; the order puts the operation a sample serves before how it spends the
+# time (a context switch inside an fdatasync counts as fdatasync). `user` categories take only
+# samples whose innermost frame is in user space, matched against user-space frames, so that a
+# page fault or an interrupt taken in the broker's code counts as kernel work.
 CATEGORIES = [
     ("fdatasync (data writeback, inode write, cache flush, their waits)",
-     ("ext4_sync_file", "io_fsync", "__x64_sys_fdatasync", "file_write_and_wait_range")),
+     ("ext4_sync_file", "io_fsync", "__x64_sys_fdatasync", "file_write_and_wait_range"), False),
     ("write into the page cache (copy + ext4 block reservation)",
-     ("ext4_buffered_write_iter", "generic_perform_write", "__x64_sys_pwritev", "do_pwritev")),
-    ("TCP receive (copy out of the socket)", ("tcp_recvmsg", "__x64_sys_recvfrom", "sock_recvmsg")),
+     ("ext4_buffered_write_iter", "generic_perform_write", "__x64_sys_pwritev", "do_pwritev"), False),
+    ("TCP receive (copy out of the socket)", ("tcp_recvmsg", "__x64_sys_recvfrom", "sock_recvmsg"), False),
     ("TCP send (responses; fetch data by sendfile)",
-     ("tcp_sendmsg", "do_writev", "__x64_sys_sendfile64", "do_splice_direct", "sock_write_iter")),
-    ("CRC-32C of record batches", ("crc32c",)),
-    ("record validation (headers, varints)", ("millrace_storage::batch",)),
+     ("tcp_sendmsg", "do_writev", "__x64_sys_sendfile64", "do_splice_direct", "sock_write_iter"), False),
     ("waiting and waking (epoll, futex, eventfd, io_uring waits, context switches)",
      ("do_epoll_wait", "futex", "eventfd", "io_cqring_wait", "schedule", "finish_task_switch",
-      "try_to_wake_up", "io_wq_enqueue", "io_wq_worker")),
-    ("user-space copies and allocation", ("memmove", "memcpy", "malloc", "free", "realloc")),
-    ("decode/encode and the rest of the broker", ("millrace", "kafka_protocol", "tokio")),
+      "try_to_wake_up", "io_wq_enqueue", "io_wq_worker"), False),
+    ("CRC-32C of record batches", ("crc32c",), True),
+    ("record validation (headers, varints)", ("millrace_storage::batch",), True),
+    ("user-space copies and allocation", ("memmove", "memcpy", "malloc", "free", "realloc"), True),
+    ("the broker's other user-space code (decode/encode, tokio, libc)", ("",), True),
 ]
 OTHER = "other kernel work (page faults, timers, interrupts)"
 
 
 def classify(stack):
-    for name, markers in CATEGORIES:
-        for fn in stack:
+    """`stack`: (kernel, function) pairs, innermost first."""
+    in_user = bool(stack) and not stack[0][0]
+    for name, markers, user in CATEGORIES:
+        if user and not in_user:
+            continue
+        for kernel, fn in stack:
+            if user and kernel:
+                continue
             if any(m in fn for m in markers):
                 return name
     return OTHER
@@ -64,7 +72,7 @@ def samples(perf_data):
         elif line.startswith("\t") or line.startswith(" "):
             parts = line.split(None, 1)
             if len(parts) == 2:
-                stack.append(parts[1])
+                stack.append((parts[0].startswith("ffffffff"), parts[1]))
     if stack:
         yield stack
 
@@ -121,7 +129,7 @@ def main():
             print(f"Broker CPU {cpu / gb:.2f} s/GB ({total} samples).\n")
             print("| where | share | s/GB |")
             print("|---|---:|---:|")
-            for name, _ in CATEGORIES + [(OTHER, ())]:
+            for name in [c[0] for c in CATEGORIES] + [OTHER]:
                 k = counts.get(name, 0)
                 if k:
                     print(f"| {name} | {100 * k / total:.0f}% | {cpu / gb * k / total:.2f} |")

@@ -117,13 +117,14 @@ def main():
                       "--throughput", str(throughput), *extra)
             r["broker_cpu_s"] = cpu_seconds(pid) - c0
             r["gb"] = n * size / 1e9
-            # The kernel's share of the same bytes under the same conditions, measured right
-            # after: writing them with an fdatasync per MiB (the cost of page-cache memory on this
-            # VM drifts as the cache grows, so a floor from the start of the run would not do).
-            os.sync()
-            d = baseline("baseline-disk", "--dir", data, "--bytes", str(n * size), "--chunk", str(1 << 20),
-                         "--fsync-every-chunk")
-            r["floor_s_per_gb"] = d["cpu_s_per_gb"] + tcp["recv_cpu_s_per_gb"]
+            if codec == "none":
+                # The kernel's share of the same bytes, from the same starting state, measured
+                # right after: writing them with an fdatasync per MiB (the cost of page-cache
+                # memory on this VM drifts, so a floor from the start of the run would not do).
+                settle()
+                d = baseline("baseline-disk", "--dir", data, "--bytes", str(n * size), "--chunk",
+                             str(1 << 20), "--fsync-every-chunk")
+                r["floor_s_per_gb"] = d["cpu_s_per_gb"] + tcp["recv_cpu_s_per_gb"]
             return r
 
         disk = {}
@@ -213,8 +214,8 @@ def main():
     w("")
     w(f"CPU floor of a produced GB = disk (1 MiB fsyncs) + TCP receiver = {produce_floor:.2f} s/GB here, at the start; "
       "each uncompressed produce row below has its own floor, the same disk baseline run right after it "
-      "with its bytes (plus the TCP receiver), because the cost of new page-cache memory drifts during "
-      f"the run on this VM. Of a consumed GB = the cheaper TCP sender = {consume_floor:.2f} s/GB (on loopback "
+      "with its bytes from the same starting state (plus the TCP receiver), because the cost of new "
+      f"page-cache memory drifts on this VM. Of a consumed GB = the cheaper TCP sender = {consume_floor:.2f} s/GB (on loopback "
       "the sender also runs the receiving side's TCP processing). Latency percentiles of the disk rows "
       "are per chunk (write + fdatasync).\n")
     w("## Produce\n")
@@ -230,7 +231,8 @@ def main():
       "socket and the disk, so those rows have no floor. Unthrottled runs queue in the client, so "
       "their latencies measure the queue; see the fixed-rate runs below for latency. Every acks "
       "setting is fsynced by default (consumers see only durable data, `flush.messages` / "
-      "`flush.ms` relax it), so acks=1 and acks=all cost the broker the same.\n")
+      "`flush.ms` relax it), so acks=1 and acks=all do the same work in the broker; their "
+      "differences here are run-to-run variation.\n")
     d256 = disk[262144]["chunk_latency_ms"]
     w(f"## Produce latency at a fixed rate (1 KiB, acks=all, linger.ms={LATENCY_LINGER_MS})\n")
     w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor |")

@@ -490,15 +490,18 @@ fn thread_cpu_seconds() -> f64 {
 
 fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
     use std::io::Write;
+    if a.bytes == 0 || a.chunk == 0 {
+        return Err("--bytes and --chunk must be positive".into());
+    }
     let path = a.dir.join(format!("millrace-bench-baseline-{}", std::process::id()));
     let buf: Vec<u8> = (0..a.chunk).map(|i| (i % 251) as u8).collect();
     // Time of each chunk's write (+ fdatasync), in microseconds.
     let mut hist = Histogram::<u64>::new(3)?;
     let start = Instant::now();
     let cpu0 = thread_cpu_seconds();
+    let mut written = 0u64;
     {
         let mut f = std::fs::File::create(&path)?;
-        let mut written = 0u64;
         while written < a.bytes {
             let t = Instant::now();
             f.write_all(&buf)?;
@@ -517,8 +520,8 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
     println!(
         "{{\"mb_per_sec\":{:.3},\"seconds\":{secs:.3},\"cpu_s_per_gb\":{:.4},\
          \"chunk_latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}}}}",
-        a.bytes as f64 / secs / 1e6,
-        cpu / (a.bytes as f64 / 1e9),
+        written as f64 / secs / 1e6,
+        cpu / (written as f64 / 1e9),
         ms(0.5),
         ms(0.99),
         ms(0.999),
@@ -530,6 +533,9 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
 fn baseline_tcp(a: BaselineTcpArgs) -> Result<(), Error> {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
+    if a.bytes == 0 || a.chunk == 0 {
+        return Err("--bytes and --chunk must be positive".into());
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let total = a.bytes;

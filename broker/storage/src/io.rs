@@ -360,8 +360,9 @@ impl Engine for Portable {
     }
 }
 
-/// io_uring: writes and fsyncs of many logs in flight at once; a read on an eventfd lets
-/// submitters wake the thread while it waits for completions.
+/// io_uring: the fsyncs of many logs in flight at once (writes are done inline, see its
+/// `write`); a read on an eventfd lets submitters wake the thread while it waits for
+/// completions.
 struct Uring {
     ring: io_uring::IoUring,
     /// Entries not yet accepted by a full submission queue.
@@ -416,9 +417,9 @@ impl Uring {
 
     fn flush_backlog(&mut self) {
         while let Some(entry) = self.backlog.front() {
-            // SAFETY: every entry points at memory (write buffers held by the I/O thread's
-            // per-log queues until completion, the boxed wake buffer) and descriptors that stay
-            // valid until its completion is reaped.
+            // SAFETY: every entry (an fsync, the eventfd read into the boxed wake buffer) points
+            // at memory and descriptors that stay valid until its completion is reaped: the
+            // files are held by the log's sync group, the buffer by `self`.
             if unsafe { self.ring.submission().push(entry).is_err() } {
                 break;
             }
@@ -946,8 +947,7 @@ impl Looper {
     }
 
     /// Publishes the completed prefix of a log's writes, in order. Once one write of a log has
-    /// failed, every later one fails too as it completes (never earlier: the kernel may still be
-    /// reading its buffer).
+    /// failed, every later one fails too as it completes.
     fn publish(&mut self, id: u64) {
         let health = self.health.clone();
         let Some(l) = self.logs.get_mut(&id) else { return };
