@@ -31,6 +31,10 @@ pub(crate) struct ServeArgs {
     /// Largest request a client may send (`socket.request.max.bytes`).
     #[arg(long, env = "MILLRACE_SOCKET_REQUEST_MAX_BYTES", default_value_t = 104_857_600)]
     pub(crate) socket_request_max_bytes: usize,
+    /// Connections served at once (`max.connections`); beyond it new ones wait in the listen
+    /// backlog, unaccepted, until one closes (as Kafka's acceptor does).
+    #[arg(long, env = "MILLRACE_MAX_CONNECTIONS", default_value_t = i32::MAX as usize)]
+    pub(crate) max_connections: usize,
     /// Requests a connection may have in progress before reading pauses.
     #[arg(long, env = "MILLRACE_REQUESTS_IN_FLIGHT_MAX", default_value_t = 64)]
     pub(crate) requests_in_flight_max: usize,

@@ -61,9 +61,21 @@ pub(crate) async fn serve(broker: Arc<Broker>) -> std::io::Result<()> {
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let max_connections = broker.args.max_connections.max(1);
+    let mut at_limit = false;
     loop {
+        let full = connections.len() >= max_connections;
+        if full != at_limit {
+            at_limit = full;
+            if full {
+                tracing::warn!(
+                    max_connections,
+                    "max.connections reached: new connections wait until one closes"
+                );
+            }
+        }
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if !full => match accepted {
                 Ok((stream, peer)) => {
                     let broker = broker.clone();
                     let stop = stop_rx.clone();

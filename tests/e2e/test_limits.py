@@ -1,0 +1,92 @@
+"""Resource limits that bound the broker's memory by configuration rather than by traffic:
+`max.connections` (connections beyond it wait unaccepted, as Kafka's acceptor does) and the
+buffer a request's length word alone can reserve."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+import kafka_raw as kr
+
+
+def api_versions(s: socket.socket, corr: int) -> None:
+    s.sendall(kr.api_versions_request(corr, 0))
+    frame = kr.recv_frame(s)
+    assert frame is not None, "connection closed"
+    assert kr.parse_api_versions_v0(frame)[:2] == (corr, 0)
+
+
+def test_max_connections_holds_new_connections_until_one_closes(broker_factory):
+    broker = broker_factory(extra_args=["--max-connections", "2"])
+    first, second = kr.connect(broker.port), kr.connect(broker.port)
+    third = None
+    try:
+        api_versions(first, 1)
+        api_versions(second, 2)
+        # The third TCP connect completes in the kernel's backlog, but the broker does not take
+        # it: its request stays unanswered.
+        third = kr.connect(broker.port)
+        third.sendall(kr.api_versions_request(3, 0))
+        third.settimeout(1.5)
+        try:
+            got = third.recv(4)
+        except socket.timeout:
+            got = None
+        assert got is None, "a connection over max.connections was served"
+        # The two served connections are not disturbed.
+        api_versions(first, 4)
+        # When one closes, the waiting connection is taken and its request answered.
+        first.close()
+        third.settimeout(10)
+        frame = kr.recv_frame(third)
+        assert frame is not None and kr.parse_api_versions_v0(frame)[:2] == (3, 0)
+        api_versions(second, 5)
+    finally:
+        for s in (first, second, third):
+            if s is not None:
+                s.close()
+    assert "max.connections reached" in broker.log_text()
+
+
+def test_max_connections_is_described(broker_factory):
+    broker = broker_factory(extra_args=["--max-connections", "50"])
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    res = ConfigResource(ResourceType.BROKER, "1")
+    configs = admin.describe_configs([res])[res].result(timeout=10)
+    assert configs["max.connections"].value == "50"
+    assert configs["max.connections"].is_read_only
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_frames_up_to_2mib_reserve_no_resident_memory(broker):
+    """A frame of up to 2 MiB gets its whole buffer when its length arrives; 200 connections that
+    claim 2 MiB and send a few bytes must not make those buffers resident (nothing is zeroed or
+    touched ahead of the bytes)."""
+    before = rss_kib(broker.pid)
+    socks = []
+    try:
+        for i in range(200):
+            s = kr.connect(broker.port)
+            s.sendall(kr.i32(2 << 20) + kr.i16(18) + kr.i16(0) + kr.i32(i) + b"x" * 100)
+            socks.append(s)
+        time.sleep(1.0)
+        grown_mib = (rss_kib(broker.pid) - before) / 1024
+        assert grown_mib < 100, f"RSS grew by {grown_mib:.0f} MiB for 200 partial 2 MiB frames"
+        s = kr.connect(broker.port)
+        try:
+            api_versions(s, 7)
+        finally:
+            s.close()
+    finally:
+        for s in socks:
+            s.close()
