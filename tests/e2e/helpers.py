@@ -137,3 +137,12 @@ def kp_consume(bootstrap: str, topic: str, partition: int, offset: int | None, c
         return got
     finally:
         c.close()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

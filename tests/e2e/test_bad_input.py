@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 import kafka_raw as kr
-from helpers import ck_consume, ck_create_topic
+from helpers import ck_consume, ck_create_topic, rss_kib
 
 LIMIT = 100 * 1024 * 1024  # socket.request.max.bytes default
 UNSUPPORTED_VERSION = 35
@@ -146,14 +146,6 @@ def test_oversized_frame_smaller_limit(broker_factory):
     finally:
         s.close()
     assert_broker_healthy(broker)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_partial_large_frames_do_not_allocate_their_length(broker):

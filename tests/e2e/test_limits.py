@@ -10,6 +10,7 @@ import time
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 import kafka_raw as kr
+from helpers import rss_kib
 
 
 def api_versions(s: socket.socket, corr: int) -> None:
@@ -58,14 +59,6 @@ def test_max_connections_is_described(broker_factory):
     configs = admin.describe_configs([res])[res].result(timeout=10)
     assert configs["max.connections"].value == "50"
     assert configs["max.connections"].is_read_only
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_frames_up_to_2mib_reserve_no_resident_memory(broker):
