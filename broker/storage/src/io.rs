@@ -44,7 +44,7 @@ const RING_ENTRIES: u32 = 256;
 /// Which engine a directory's I/O thread runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoEngineKind {
-    /// io_uring submission of writes and `fdatasync`s.
+    /// `fdatasync`s submitted through io_uring, many in flight (writes are `pwritev` either way).
     IoUring,
     /// Positional `write` and `fdatasync` system calls, one at a time.
     Portable,
@@ -308,17 +308,14 @@ impl std::fmt::Debug for Op {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The engines: where writes and fsyncs are executed.
+// The engines: where fsyncs are executed.
 
 /// Tag of the io_uring read on the wake eventfd.
 const WAKE_TAG: u64 = u64::MAX;
 
-/// Executes writes and fsyncs, possibly asynchronously; completions come back by tag with a
-/// result like a system call's (`>= 0` bytes, or `-errno`).
+/// Executes fsyncs, possibly asynchronously; completions come back by tag with a result like a
+/// system call's (`0`, or `-errno`). Writes need no engine: see [`write_all_at`].
 trait Engine {
-    /// Queues a positional vectored write. The caller keeps `iov` and the memory it points at
-    /// alive until its completion.
-    fn write(&mut self, tag: u64, fd: RawFd, iov: &IoVecs, offset: u64);
     /// Queues an `fdatasync`.
     fn fsync(&mut self, tag: u64, fd: RawFd);
     /// Operations queued or running.
@@ -338,14 +335,6 @@ fn errno_of(e: &std::io::Error) -> i32 {
 }
 
 impl Engine for Portable {
-    fn write(&mut self, tag: u64, fd: RawFd, iov: &IoVecs, offset: u64) {
-        // SAFETY: `fd` is an open file the caller keeps alive; the iovecs point at live buffers.
-        let n = unsafe {
-            libc::pwritev(fd, iov.0.as_ptr(), iov.0.len() as libc::c_int, offset as libc::off_t)
-        };
-        let res = if n < 0 { errno_of(&std::io::Error::last_os_error()) } else { n as i32 };
-        self.done.push((tag, res));
-    }
     fn fsync(&mut self, tag: u64, fd: RawFd) {
         // SAFETY: plain system call on a descriptor the caller keeps open.
         let rc = unsafe { libc::fdatasync(fd) };
@@ -360,9 +349,8 @@ impl Engine for Portable {
     }
 }
 
-/// io_uring: the fsyncs of many logs in flight at once (writes are done inline, see its
-/// `write`); a read on an eventfd lets submitters wake the thread while it waits for
-/// completions.
+/// io_uring: the fsyncs of many logs in flight at once; a read on an eventfd lets submitters
+/// wake the thread while it waits for completions.
 struct Uring {
     ring: io_uring::IoUring,
     /// Entries not yet accepted by a full submission queue.
@@ -371,8 +359,6 @@ struct Uring {
     wake_fd: OwnedFd,
     /// Target of the eventfd read; boxed so its address is stable while the read is armed.
     wake_buf: Box<[u8; 8]>,
-    /// Completions of the writes done inline, not yet collected.
-    ready: Vec<(u64, i32)>,
 }
 
 impl Uring {
@@ -393,7 +379,6 @@ impl Uring {
             in_flight: 0,
             wake_fd,
             wake_buf: Box::new([0; 8]),
-            ready: Vec::new(),
         };
         u.arm_wake();
         Ok(u)
@@ -429,20 +414,6 @@ impl Uring {
 }
 
 impl Engine for Uring {
-    /// Buffered writes are done here, inline, with `pwritev`: ext4 cannot take them without
-    /// blocking, so io_uring would hand each one to an io-wq worker thread, and on these
-    /// machines the wake-ups and context switches of that hand-off cost more CPU than the copy
-    /// into the page cache itself (docs/design/storage.md, "Write path"). The `fdatasync`s,
-    /// which do block for the disk, stay in the ring and run while this thread goes on writing.
-    fn write(&mut self, tag: u64, fd: RawFd, iov: &IoVecs, offset: u64) {
-        // SAFETY: `fd` is an open file the caller keeps alive; the iovecs point at live buffers.
-        let n = unsafe {
-            libc::pwritev(fd, iov.0.as_ptr(), iov.0.len() as libc::c_int, offset as libc::off_t)
-        };
-        let res = if n < 0 { errno_of(&std::io::Error::last_os_error()) } else { n as i32 };
-        self.in_flight += 1;
-        self.ready.push((tag, res));
-    }
     fn fsync(&mut self, tag: u64, fd: RawFd) {
         let entry = io_uring::opcode::Fsync::new(io_uring::types::Fd(fd))
             .flags(io_uring::types::FsyncFlags::DATASYNC)
@@ -454,8 +425,6 @@ impl Engine for Uring {
         self.in_flight
     }
     fn complete(&mut self, wait: bool, deadline: Option<Instant>, out: &mut Vec<(u64, i32)>) {
-        self.in_flight -= self.ready.len();
-        out.append(&mut self.ready);
         loop {
             self.flush_backlog();
             let want = usize::from(wait && out.is_empty());
@@ -609,57 +578,57 @@ impl Drop for IoThread {
     }
 }
 
-/// A write of one append, from submission until it is published.
-struct Write {
-    tag: u64,
-    segment: Arc<Segment>,
-    position: u64,
-    data: Vec<Bytes>,
-    len: usize,
-    /// The iovecs of the submission in flight (over `data`, past `written`).
-    iov: IoVecs,
-    written: usize,
-    end_offset: i64,
-    records: i64,
-    /// Resolved when the write is published.
-    on_written: Completer,
-    done: Completer,
-    /// `None` while running; the error text if it failed.
-    result: Option<std::result::Result<(), String>>,
-    /// Explicit syncs that arrived after this write: they cover it.
-    syncs_after: Vec<SyncRequest>,
-}
-
 type SyncRequest = (Option<Completer>, Option<AfterSync>);
 
-/// Iovecs over buffers that the same [`Write`] owns.
-pub(crate) struct IoVecs(Vec<libc::iovec>);
-
-// SAFETY: the pointers refer to `Bytes` owned by the same `Write`, which moves with them; they
-// are only dereferenced by the kernel while that `Write` is alive.
-unsafe impl Send for IoVecs {}
-
-impl IoVecs {
-    /// Iovecs covering `chunks` after the first `skip` bytes (at most `IOV_MAX` of them; a
-    /// longer list is written in several calls, as short writes are).
-    fn over(chunks: &[Bytes], mut skip: usize) -> IoVecs {
-        let mut v = Vec::with_capacity(chunks.len().min(IOV_MAX));
-        for c in chunks {
-            if skip >= c.len() {
-                skip -= c.len();
-                continue;
-            }
-            let rest = &c[skip..];
-            skip = 0;
-            v.push(libc::iovec {
-                iov_base: rest.as_ptr() as *mut libc::c_void,
-                iov_len: rest.len(),
-            });
-            if v.len() == IOV_MAX {
-                break;
+/// Writes `chunks`, in order, at `offset` of `file` with `pwritev` (continuing short writes,
+/// retrying on EINTR). Buffered writes are done here, on the I/O thread: ext4 cannot take them
+/// without possibly blocking, so io_uring would hand every one to an io-wq worker thread, and
+/// on these machines the wake-ups and context switches of that hand-off cost more CPU than the
+/// copy into the page cache itself (docs/design/storage.md, "Write path").
+fn write_all_at(file: &File, chunks: &[Bytes], offset: u64) -> std::result::Result<(), String> {
+    let len: usize = chunks.iter().map(|c| c.len()).sum();
+    let mut written = 0;
+    let mut iov = Vec::with_capacity(chunks.len().min(IOV_MAX));
+    while written < len {
+        iovecs_over(chunks, written, &mut iov);
+        // SAFETY: `file` is open; the iovecs point into `chunks`, alive for the call.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                (offset + written as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => written += n as usize,
+            0 => return Err("wrote zero bytes".to_string()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e.to_string());
+                }
             }
         }
-        IoVecs(v)
+    }
+    Ok(())
+}
+
+/// Fills `v` with iovecs covering `chunks` after the first `skip` bytes (at most `IOV_MAX` of
+/// them; a longer list is written in several calls, as short writes are).
+fn iovecs_over(chunks: &[Bytes], mut skip: usize, v: &mut Vec<libc::iovec>) {
+    v.clear();
+    for c in chunks {
+        if skip >= c.len() {
+            skip -= c.len();
+            continue;
+        }
+        let rest = &c[skip..];
+        skip = 0;
+        v.push(libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() });
+        if v.len() == IOV_MAX {
+            break;
+        }
     }
 }
 
@@ -679,20 +648,14 @@ struct SyncGroup {
 /// Per-log state only the I/O thread touches.
 struct LogIo {
     progress: Arc<LogProgress>,
-    writes: VecDeque<Write>,
     /// Published appends waiting for a sync.
     waiting: Vec<Completer>,
-    /// Explicit syncs whose preceding writes are all published.
+    /// Explicit syncs (they cover every append before them, all published).
     requests: Vec<SyncRequest>,
     dirty: Vec<Arc<File>>,
     unsynced_records: i64,
     first_unsynced: Option<Instant>,
     sync: Option<SyncGroup>,
-}
-
-enum Tagged {
-    Write(u64),
-    Sync(u64),
 }
 
 struct Looper {
@@ -701,7 +664,8 @@ struct Looper {
     health: Arc<DirHealth>,
     sleeping: Arc<AtomicBool>,
     logs: HashMap<u64, LogIo>,
-    tags: HashMap<u64, Tagged>,
+    /// The log of each fsync in flight, by tag.
+    tags: HashMap<u64, u64>,
     next_tag: u64,
     shutdown: bool,
 }
@@ -709,7 +673,6 @@ struct Looper {
 fn log_io<'a>(logs: &'a mut HashMap<u64, LogIo>, progress: &Arc<LogProgress>) -> &'a mut LogIo {
     logs.entry(progress.id).or_insert_with(|| LogIo {
         progress: progress.clone(),
-        writes: VecDeque::new(),
         waiting: Vec::new(),
         requests: Vec::new(),
         dirty: Vec::new(),
@@ -804,8 +767,7 @@ impl Looper {
             }
             // Forget logs with nothing pending.
             self.logs.retain(|_, l| {
-                !(l.writes.is_empty()
-                    && l.waiting.is_empty()
+                !(l.waiting.is_empty()
                     && l.requests.is_empty()
                     && l.sync.is_none()
                     && l.unsynced_records == 0)
@@ -814,10 +776,6 @@ impl Looper {
         // Resolve whatever is left so no waiter hangs.
         for (_, log) in self.logs.drain() {
             let closed = || Err((PathBuf::new(), "log directory closed".to_string()));
-            for w in log.writes {
-                w.on_written.complete(closed());
-                w.done.complete(closed());
-            }
             for w in log.waiting {
                 w.complete(closed());
             }
@@ -831,12 +789,10 @@ impl Looper {
 
     fn idle(&self) -> bool {
         self.engine.in_flight() == 0
-            && self.logs.values().all(|l| {
-                l.writes.is_empty()
-                    && l.waiting.is_empty()
-                    && l.requests.is_empty()
-                    && l.sync.is_none()
-            })
+            && self
+                .logs
+                .values()
+                .all(|l| l.waiting.is_empty() && l.requests.is_empty() && l.sync.is_none())
     }
 
     /// The earliest `flush.ms` deadline of a log with unsynced data.
@@ -851,10 +807,10 @@ impl Looper {
             .min()
     }
 
-    fn tag(&mut self, t: Tagged) -> u64 {
+    fn tag(&mut self, log_id: u64) -> u64 {
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.tags.insert(tag, t);
+        self.tags.insert(tag, log_id);
         tag
     }
 
@@ -866,29 +822,39 @@ impl Looper {
                     done.complete(Err(self.health.failure()));
                     return;
                 }
-                let tag = self.tag(Tagged::Write(log.id));
-                let fd = segment.file.as_raw_fd();
+                let result = write_all_at(&segment.file, &data, position);
+                let len: usize = data.iter().map(|b| b.len()).sum();
                 let l = log_io(&mut self.logs, &log);
-                let len = data.iter().map(|b| b.len()).sum();
-                let iov = IoVecs::over(&data, 0);
-                l.writes.push_back(Write {
-                    tag,
-                    segment,
-                    position,
-                    data,
-                    len,
-                    iov,
-                    written: 0,
-                    end_offset,
-                    records,
-                    on_written: written,
-                    done,
-                    result: None,
-                    syncs_after: Vec::new(),
-                });
-                if let Some(w) = l.writes.back() {
-                    // `w` (in `l.writes`) keeps the iovecs and buffers alive until completion.
-                    self.engine.write(tag, fd, &w.iov, w.position);
+                match result {
+                    Ok(()) => {
+                        // Published to readers at once, in offset order (the channel's order).
+                        segment.publish(position + len as u64);
+                        l.progress.written_end.store(end_offset, Ordering::Release);
+                        if !l.dirty.iter().any(|f| Arc::ptr_eq(f, &segment.file)) {
+                            l.dirty.push(segment.file.clone());
+                        }
+                        written.complete(Ok(()));
+                        l.waiting.push(done);
+                        l.unsynced_records += records;
+                        l.first_unsynced.get_or_insert_with(Instant::now);
+                        if l.progress.flush_messages.load(Ordering::Relaxed) > 1 {
+                            l.progress.notify(); // visible before durable under this policy
+                        }
+                    }
+                    Err(cause) => {
+                        self.health.fail(format!(
+                            "write to {} failed: {cause}",
+                            segment.log_path.display()
+                        ));
+                        l.progress.write_failed.store(true, Ordering::Release);
+                        // Cut back to what readers were given (the write may have reached the
+                        // file in part).
+                        if let Err(e) = segment.truncate_after_failure(segment.published_len()) {
+                            tracing::error!(error = %e, "could not truncate after a failed write");
+                        }
+                        written.complete(Err(self.health.failure()));
+                        done.complete(Err(self.health.failure()));
+                    }
                 }
             }
             Op::Sync { log, done, then } => {
@@ -898,104 +864,15 @@ impl Looper {
                     }
                     return;
                 }
-                let l = log_io(&mut self.logs, &log);
-                match l.writes.back_mut() {
-                    Some(w) => w.syncs_after.push((done, then)),
-                    None => l.requests.push((done, then)),
-                }
+                log_io(&mut self.logs, &log).requests.push((done, then));
             }
             Op::Shutdown => self.shutdown = true,
         }
     }
 
     fn completed(&mut self, tag: u64, res: i32) {
-        match self.tags.remove(&tag) {
-            Some(Tagged::Write(id)) => self.write_completed(id, tag, res),
-            Some(Tagged::Sync(id)) => self.sync_completed(id, res),
-            None => {}
-        }
-    }
-
-    fn write_completed(&mut self, id: u64, tag: u64, res: i32) {
-        let Some(l) = self.logs.get_mut(&id) else { return };
-        let Some(w) = l.writes.iter_mut().find(|w| w.tag == tag) else { return };
-        if res == -libc::EINTR
-            || res == -libc::EAGAIN
-            || (res > 0 && w.written + (res as usize) < w.len)
-        {
-            // Retry, or continue a short write, under the same tag. The previous submission
-            // has completed, so its iovecs may be replaced.
-            if res > 0 {
-                w.written += res as usize;
-            }
-            w.iov = IoVecs::over(&w.data, w.written);
-            self.tags.insert(tag, Tagged::Write(id));
-            self.engine.write(
-                tag,
-                w.segment.file.as_raw_fd(),
-                &w.iov,
-                w.position + w.written as u64,
-            );
-            return;
-        }
-        w.result = Some(match res {
-            r if r < 0 => Err(std::io::Error::from_raw_os_error(-r).to_string()),
-            0 if w.len > 0 => Err("wrote zero bytes".to_string()),
-            _ => Ok(()),
-        });
-        self.publish(id);
-    }
-
-    /// Publishes the completed prefix of a log's writes, in order. Once one write of a log has
-    /// failed, every later one fails too as it completes.
-    fn publish(&mut self, id: u64) {
-        let health = self.health.clone();
-        let Some(l) = self.logs.get_mut(&id) else { return };
-        while l.writes.front().is_some_and(|w| w.result.is_some()) {
-            let Some(w) = l.writes.pop_front() else { break };
-            let already_failed = l.progress.write_failed.load(Ordering::Acquire);
-            match w.result {
-                Some(Ok(())) if !already_failed => {
-                    w.segment.publish(w.position + w.len as u64);
-                    l.progress.written_end.store(w.end_offset, Ordering::Release);
-                    if !l.dirty.iter().any(|f| Arc::ptr_eq(f, &w.segment.file)) {
-                        l.dirty.push(w.segment.file.clone());
-                    }
-                    w.on_written.complete(Ok(()));
-                    l.waiting.push(w.done);
-                    l.unsynced_records += w.records;
-                    l.first_unsynced.get_or_insert_with(Instant::now);
-                    l.requests.extend(w.syncs_after);
-                    if l.progress.flush_messages.load(Ordering::Relaxed) > 1 {
-                        l.progress.notify(); // visible before durable under this policy
-                    }
-                }
-                result => {
-                    if !already_failed {
-                        let cause = match result {
-                            Some(Err(e)) => e,
-                            _ => "unknown".to_string(),
-                        };
-                        health.fail(format!(
-                            "write to {} failed: {cause}",
-                            w.segment.log_path.display()
-                        ));
-                        l.progress.write_failed.store(true, Ordering::Release);
-                    }
-                    // Cut back to what readers were given (this write may have reached the file
-                    // in part, or a later one that completed first may have).
-                    if let Err(e) = w.segment.truncate_after_failure(w.segment.published_len()) {
-                        tracing::error!(error = %e, "could not truncate after a failed write");
-                    }
-                    w.on_written.complete(Err(health.failure()));
-                    w.done.complete(Err(health.failure()));
-                    for (d, _) in w.syncs_after {
-                        if let Some(d) = d {
-                            d.complete(Err(health.failure()));
-                        }
-                    }
-                }
-            }
+        if let Some(id) = self.tags.remove(&tag) {
+            self.sync_completed(id, res);
         }
     }
 
@@ -1016,6 +893,11 @@ impl Looper {
                     d.complete(Err(f.clone()));
                 }
             }
+            // Nothing of this log will be synced any more: forget its unsynced data, so that
+            // the log is dropped and its flush.ms deadline does not keep waking the thread.
+            l.unsynced_records = 0;
+            l.first_unsynced = None;
+            l.dirty.clear();
             return;
         }
         let flush_messages = l.progress.flush_messages.load(Ordering::Relaxed);
@@ -1052,7 +934,7 @@ impl Looper {
             return;
         }
         for fd in fds {
-            let tag = self.tag(Tagged::Sync(id));
+            let tag = self.tag(id);
             self.engine.fsync(tag, fd);
         }
     }
