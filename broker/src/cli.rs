@@ -17,6 +17,8 @@ use millrace_storage::batch::{self, BatchBuilder, BatchHeader, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::handlers::{sb, topic_name};
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, Error>;
 
@@ -146,12 +148,13 @@ impl Client {
             .with_request_api_version(version)
             .with_correlation_id(self.correlation_id)
             .with_client_id(Some(StrBytes::from_static_str("millrace-cli")));
-        let mut body = BytesMut::new();
-        header.encode(&mut body, key.request_header_version(version))?;
-        req.encode(&mut body, version)?;
-        let mut frame = BytesMut::with_capacity(4 + body.len());
-        frame.put_i32(body.len() as i32);
-        frame.extend_from_slice(&body);
+        // Length prefix first as a placeholder, patched once the frame is encoded.
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        header.encode(&mut frame, key.request_header_version(version))?;
+        req.encode(&mut frame, version)?;
+        let len = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
         self.stream.write_all(&frame).await?;
         let len = self.stream.read_i32().await?;
         if !(0..=1 << 30).contains(&len) {
@@ -160,18 +163,15 @@ impl Client {
         let mut buf = vec![0u8; len as usize];
         self.stream.read_exact(&mut buf).await?;
         let mut buf = Bytes::from(buf);
-        let header_version =
-            if key == ApiKey::ApiVersions { 0 } else { key.response_header_version(version) };
-        let rh = ResponseHeader::decode(&mut buf, header_version)?;
+        let rh = ResponseHeader::decode(
+            &mut buf,
+            millrace_protocol::response_header_version(key, version),
+        )?;
         if rh.correlation_id != self.correlation_id {
             return Err("response out of order".into());
         }
         Ok(R::Response::decode(&mut buf, version)?)
     }
-}
-
-fn sb(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
 }
 
 fn key_value(s: &str) -> Result<(String, String)> {
@@ -196,7 +196,7 @@ pub(crate) async fn topic(connect: Connect, cmd: TopicCommand) -> Result<()> {
     match cmd {
         TopicCommand::Create { name, partitions, configs } => {
             let mut t = create_topics_request::CreatableTopic::default();
-            t.name = TopicName(sb(&name));
+            t.name = topic_name(&name);
             t.num_partitions = partitions;
             t.replication_factor = -1;
             for kv in configs {
@@ -226,7 +226,7 @@ pub(crate) async fn topic(connect: Connect, cmd: TopicCommand) -> Result<()> {
         }
         TopicCommand::Describe { name } => {
             let mut mt = metadata_request::MetadataRequestTopic::default();
-            mt.name = Some(TopicName(sb(&name)));
+            mt.name = Some(topic_name(&name));
             let r = c
                 .send(
                     MetadataRequest::default()
@@ -238,7 +238,7 @@ pub(crate) async fn topic(connect: Connect, cmd: TopicCommand) -> Result<()> {
             check(t.error_code, None, "describe topic")?;
             println!("topic {name}  id {}  partitions {}", t.topic_id, t.partitions.len());
             let mut lo = list_offsets_request::ListOffsetsTopic::default();
-            lo.name = TopicName(sb(&name));
+            lo.name = topic_name(&name);
             for p in &t.partitions {
                 for ts in [-2, -1] {
                     let mut lp = list_offsets_request::ListOffsetsPartition::default();
@@ -293,10 +293,10 @@ pub(crate) async fn topic(connect: Connect, cmd: TopicCommand) -> Result<()> {
         }
         TopicCommand::Delete { name } => {
             let mut st = delete_topics_request::DeleteTopicState::default();
-            st.name = Some(TopicName(sb(&name)));
+            st.name = Some(topic_name(&name));
             let req = DeleteTopicsRequest::default()
                 .with_topics(vec![st])
-                .with_topic_names(vec![TopicName(sb(&name))])
+                .with_topic_names(vec![topic_name(&name)])
                 .with_timeout_ms(30_000);
             // Versions before 6 carry names only, 6+ carry `topics`; send what fits.
             let req = if c.version::<DeleteTopicsRequest>()? >= 6 {
@@ -377,7 +377,7 @@ pub(crate) async fn produce(connect: Connect, args: ProduceArgs) -> Result<()> {
         pd.index = args.partition;
         pd.records = Some(Bytes::from(b.build()));
         let mut td = produce_request::TopicProduceData::default();
-        td.name = TopicName(sb(&args.topic));
+        td.name = topic_name(&args.topic);
         td.partition_data = vec![pd];
         let req = ProduceRequest::default()
             .with_acks(args.acks)
@@ -408,7 +408,7 @@ pub(crate) async fn consume(connect: Connect, args: ConsumeArgs) -> Result<()> {
         lp.partition_index = args.partition;
         lp.timestamp = ts;
         let mut lo = list_offsets_request::ListOffsetsTopic::default();
-        lo.name = TopicName(sb(&args.topic));
+        lo.name = topic_name(&args.topic);
         lo.partitions = vec![lp];
         ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![lo])
     };
@@ -436,7 +436,7 @@ pub(crate) async fn consume(connect: Connect, args: ConsumeArgs) -> Result<()> {
         fp.fetch_offset = offset;
         fp.partition_max_bytes = 1 << 20;
         let mut ft = fetch_request::FetchTopic::default();
-        ft.topic = TopicName(sb(&args.topic));
+        ft.topic = topic_name(&args.topic);
         ft.partitions = vec![fp];
         let req = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -447,8 +447,7 @@ pub(crate) async fn consume(connect: Connect, args: ConsumeArgs) -> Result<()> {
         let r = c.send(req).await?;
         let p = r.responses.into_iter().flat_map(|t| t.partitions).next().ok_or("empty Fetch")?;
         check(p.error_code, None, "fetch")?;
-        let records = p.records.unwrap_or_default();
-        let mut buf = records.clone();
+        let mut buf = p.records.unwrap_or_default();
         let mut got_any = false;
         while buf.remaining() >= batch::BATCH_HEADER_LEN {
             let Some(h) = BatchHeader::parse(&buf) else { break };

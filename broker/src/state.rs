@@ -60,6 +60,33 @@ impl TopicError {
     pub(crate) fn new(code: i16, message: impl Into<String>) -> TopicError {
         TopicError { code, message: message.into() }
     }
+
+    pub(crate) fn unknown_topic(name: &str) -> TopicError {
+        TopicError::new(ec::UNKNOWN_TOPIC_OR_PARTITION, format!("unknown topic {name:?}"))
+    }
+}
+
+/// Most partitions a topic may have.
+const MAX_PARTITIONS: i32 = 100_000;
+
+/// The topics, by name and by id (Produce and Fetch v13+ name topics by id).
+#[derive(Debug, Default)]
+struct Topics {
+    by_name: HashMap<String, Arc<Topic>>,
+    by_id: HashMap<Uuid, Arc<Topic>>,
+}
+
+impl Topics {
+    fn insert(&mut self, topic: Arc<Topic>) {
+        self.by_id.insert(topic.id, topic.clone());
+        self.by_name.insert(topic.name.clone(), topic);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Topic>> {
+        let topic = self.by_name.remove(name)?;
+        self.by_id.remove(&topic.id);
+        Some(topic)
+    }
 }
 
 use millrace_protocol::error_code as ec;
@@ -72,7 +99,7 @@ pub(crate) struct Broker {
     pub(crate) log_defaults: LogConfig,
     log_dir: LogDir,
     meta_path: PathBuf,
-    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    topics: RwLock<Topics>,
     /// Serialises topic creation, deletion and changes (and their metadata writes).
     admin: tokio::sync::Mutex<()>,
     /// Becomes `true` when the broker starts shutting down (ends long polls early).
@@ -109,26 +136,21 @@ impl Broker {
         };
         let log_defaults = args.log_defaults();
         log_defaults.validate()?;
-        let mut topics = HashMap::new();
+        let mut topics = Topics::default();
         for t in &meta.topics {
             let config = topic_config::log_config(&log_defaults, &t.configs)?;
-            let mut logs = Vec::new();
-            for p in 0..t.partitions {
-                logs.push(Arc::new(log_dir.open_log(&t.name, p, config.clone())?));
-            }
-            topics.insert(
-                t.name.clone(),
-                Arc::new(Topic {
-                    name: t.name.clone(),
-                    id: t.id,
-                    partitions: RwLock::new(logs),
-                    configs: RwLock::new(t.configs.clone()),
-                }),
-            );
+            let logs =
+                open_logs(&log_dir, &t.name, 0..t.partitions, &config).map_err(|e| e.message)?;
+            topics.insert(Arc::new(Topic {
+                name: t.name.clone(),
+                id: t.id,
+                partitions: RwLock::new(logs),
+                configs: RwLock::new(t.configs.clone()),
+            }));
         }
         tracing::info!(
             data_dir = %args.data_dir.display(),
-            topics = topics.len(),
+            topics = topics.by_name.len(),
             engine = ?log_dir.engine(),
             "opened data directory"
         );
@@ -150,20 +172,40 @@ impl Broker {
         self.args.node_id
     }
 
+    /// A topic's partition count as asked, with -1 meaning `num.partitions`.
+    pub(crate) fn partitions_or_default(&self, partitions: i32) -> i32 {
+        if partitions == -1 {
+            self.args.num_partitions
+        } else {
+            partitions
+        }
+    }
+
     pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).by_name.get(name).cloned()
     }
 
     pub(crate) fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner()).values().find(|t| t.id == id).cloned()
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).by_id.get(&id).cloned()
     }
 
     /// All topics, sorted by name.
     pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
-        let mut v: Vec<_> =
-            self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut v: Vec<_> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Writes the topic metadata after a change, as a topic error if that fails.
+    fn persist(&self) -> Result<(), TopicError> {
+        self.write_meta().map_err(|e| TopicError::new(ec::KAFKA_STORAGE_ERROR, e.to_string()))
     }
 
     fn write_meta(&self) -> std::io::Result<()> {
@@ -194,14 +236,14 @@ impl Broker {
         validate_only: bool,
     ) -> Result<Arc<Topic>, TopicError> {
         validate_topic_name(name)?;
-        let partitions = if partitions == -1 { self.args.num_partitions } else { partitions };
+        let partitions = self.partitions_or_default(partitions);
         if partitions < 1 {
             return Err(TopicError::new(
                 ec::INVALID_PARTITIONS,
                 "number of partitions must be at least 1",
             ));
         }
-        if partitions > 100_000 {
+        if partitions > MAX_PARTITIONS {
             return Err(TopicError::new(ec::INVALID_PARTITIONS, "too many partitions"));
         }
         if replication_factor != -1 && replication_factor != 1 {
@@ -231,31 +273,12 @@ impl Broker {
         if validate_only {
             return Ok(topic);
         }
-        let logs = self.open_logs(name, 0..partitions, &config)?;
+        let logs = open_logs(&self.log_dir, name, 0..partitions, &config)?;
         *topic.partitions.write().unwrap_or_else(|e| e.into_inner()) = logs;
-        self.topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), topic.clone());
-        self.write_meta().map_err(|e| TopicError::new(ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        self.topics.write().unwrap_or_else(|e| e.into_inner()).insert(topic.clone());
+        self.persist()?;
         tracing::info!(topic = name, partitions, %id, "created topic");
         Ok(topic)
-    }
-
-    fn open_logs(
-        &self,
-        name: &str,
-        range: std::ops::Range<i32>,
-        config: &LogConfig,
-    ) -> Result<Vec<Arc<Log>>, TopicError> {
-        range
-            .map(|p| {
-                self.log_dir
-                    .open_log(name, p, config.clone())
-                    .map(Arc::new)
-                    .map_err(|e| TopicError::new(e.kafka_error_code(), e.to_string()))
-            })
-            .collect()
     }
 
     /// Deletes a topic and its data.
@@ -263,12 +286,9 @@ impl Broker {
         let _admin = self.admin.lock().await;
         let Some(topic) = self.topics.write().unwrap_or_else(|e| e.into_inner()).remove(name)
         else {
-            return Err(TopicError::new(
-                ec::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("unknown topic {name:?}"),
-            ));
+            return Err(TopicError::unknown_topic(name));
         };
-        self.write_meta().map_err(|e| TopicError::new(ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        self.persist()?;
         let logs =
             std::mem::take(&mut *topic.partitions.write().unwrap_or_else(|e| e.into_inner()));
         for log in logs {
@@ -290,9 +310,7 @@ impl Broker {
         validate_only: bool,
     ) -> Result<(), TopicError> {
         let _admin = self.admin.lock().await;
-        let topic = self.topic(name).ok_or_else(|| {
-            TopicError::new(ec::UNKNOWN_TOPIC_OR_PARTITION, format!("unknown topic {name:?}"))
-        })?;
+        let topic = self.topic(name).ok_or_else(|| TopicError::unknown_topic(name))?;
         let current = topic.partition_count();
         if count <= current {
             return Err(TopicError::new(
@@ -302,7 +320,7 @@ impl Broker {
                 ),
             ));
         }
-        if count > 100_000 {
+        if count > MAX_PARTITIONS {
             return Err(TopicError::new(ec::INVALID_PARTITIONS, "too many partitions"));
         }
         if validate_only {
@@ -310,9 +328,9 @@ impl Broker {
         }
         let config =
             self.topic_log_config(&topic).map_err(|e| TopicError::new(ec::INVALID_CONFIG, e))?;
-        let logs = self.open_logs(name, current..count, &config)?;
+        let logs = open_logs(&self.log_dir, name, current..count, &config)?;
         topic.partitions.write().unwrap_or_else(|e| e.into_inner()).extend(logs);
-        self.write_meta().map_err(|e| TopicError::new(ec::KAFKA_STORAGE_ERROR, e.to_string()))
+        self.persist()
     }
 
     pub(crate) fn topic_log_config(&self, topic: &Topic) -> Result<LogConfig, String> {
@@ -340,7 +358,7 @@ impl Broker {
                 .map_err(|e| TopicError::new(ec::INVALID_CONFIG, e.to_string()))?;
         }
         *topic.configs.write().unwrap_or_else(|e| e.into_inner()) = configs;
-        self.write_meta().map_err(|e| TopicError::new(ec::KAFKA_STORAGE_ERROR, e.to_string()))
+        self.persist()
     }
 
     /// Every partition log, for retention and shutdown.
@@ -409,4 +427,21 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// A boxed error for start-up paths, where the message is all that matters.
 pub(crate) mod anyhow_free {
     pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Opens (creating or recovering) the logs of partitions `range` of topic `name`.
+fn open_logs(
+    log_dir: &LogDir,
+    name: &str,
+    range: std::ops::Range<i32>,
+    config: &LogConfig,
+) -> Result<Vec<Arc<Log>>, TopicError> {
+    range
+        .map(|p| {
+            log_dir
+                .open_log(name, p, config.clone())
+                .map(Arc::new)
+                .map_err(|e| TopicError::new(e.kafka_error_code(), e.to_string()))
+        })
+        .collect()
 }

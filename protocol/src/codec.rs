@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::versions::supported_range;
 
@@ -38,7 +38,8 @@ pub struct RequestHeaderInfo {
     pub api_key: ApiKey,
     pub api_version: i16,
     pub correlation_id: i32,
-    pub client_id: Option<String>,
+    /// A view into the request's own bytes (no copy).
+    pub client_id: Option<StrBytes>,
     /// An ApiVersions request at a version we do not speak: answered with the v0 body and
     /// UNSUPPORTED_VERSION, its body left unparsed (as Kafka does).
     pub unsupported_api_versions: bool,
@@ -80,7 +81,7 @@ pub fn parse_header(frame: &mut Bytes) -> Result<RequestHeaderInfo, DecodeError>
         api_key: key,
         api_version,
         correlation_id,
-        client_id: header.client_id.map(|s| s.to_string()),
+        client_id: header.client_id,
         unsupported_api_versions: false,
     })
 }

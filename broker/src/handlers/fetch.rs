@@ -14,7 +14,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
-use millrace_storage::{DataChanged, FileSlice, Log, StorageError};
+use millrace_storage::{DataChanged, FileSlice, Log};
 
 use super::{Chunk, Response};
 use crate::state::Broker;
@@ -155,10 +155,7 @@ fn read(
                             if v >= 5 {
                                 pd.log_start_offset = start;
                             }
-                            pd.error_code = match e {
-                                StorageError::OffsetOutOfRange { .. } => ec::OFFSET_OUT_OF_RANGE,
-                                other => other.kafka_error_code(),
-                            };
+                            pd.error_code = e.kafka_error_code();
                             any_error = true;
                         }
                     }

@@ -37,21 +37,22 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
             p.log_append_time_ms = -1;
             p.log_start_offset = -1;
             let log = topic.as_ref().and_then(|t| t.partition(pd.index));
-            match (acks, log, pd.records) {
+            // Compressed batches are checked (bounded decompression) once, before the append.
+            let checked = pd.records.map(|records| {
+                millrace_protocol::records::check_compressed(&records).map(|()| records)
+            });
+            match (acks, log, checked) {
                 (a, _, _) if !matches!(a, -1..=1) => p.error_code = ec::INVALID_REQUIRED_ACKS,
                 (_, None, _) => p.error_code = unknown,
                 (_, Some(_), None) => {
                     p.error_code = ec::INVALID_RECORD;
                     p.error_message = (h.api_version >= 8).then(|| sb("null record set"));
                 }
-                (_, Some(_), Some(records))
-                    if millrace_protocol::records::check_compressed(&records).is_err() =>
-                {
-                    let why = millrace_protocol::records::check_compressed(&records).err();
+                (_, Some(_), Some(Err(why))) => {
                     p.error_code = ec::CORRUPT_MESSAGE;
-                    p.error_message = (h.api_version >= 8).then(|| sb(why.unwrap_or_default()));
+                    p.error_message = (h.api_version >= 8).then(|| sb(why));
                 }
-                (_, Some(log), Some(records)) => match log.append_bytes(records, now_ms(), 0) {
+                (_, Some(log), Some(Ok(records))) => match log.append_bytes(records, now_ms(), 0) {
                     Ok(info) => {
                         p.base_offset = info.base_offset;
                         p.log_append_time_ms = info.log_append_time_ms;
