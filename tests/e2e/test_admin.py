@@ -13,6 +13,7 @@ from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResourc
 import kafka.errors as KErrors
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource as KpConfigResource
+from kafka.admin import NewTopic as KpNewTopic
 
 from helpers import (ck_admin, ck_consume, ck_consumer, ck_describe, ck_produce_all, ck_producer,
                      kp_consume, kp_producer)
@@ -177,6 +178,25 @@ def kp_raw_describe_error(admin, topic):
     resp = admin._manager.run(admin._manager.send, req)
     [result] = resp.results
     return result.error_code
+
+
+def test_validate_only_reports_the_partition_count(broker, topic_name):
+    """CreateTopics with validate_only answers the count the topic would get: from explicit
+    replica assignments, from num.partitions for -1, and creates nothing."""
+    a = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=15000)
+    try:
+        res = a.create_topics([KpNewTopic(topic_name, num_partitions=-1, replication_factor=-1,
+                                          replica_assignments={0: [1], 1: [1], 2: [1]})],
+                              validate_only=True)
+        [t] = res["topics"]
+        assert (t["error_code"], t["num_partitions"]) == (0, 3)
+        res = a.create_topics({topic_name: {"num_partitions": -1, "replication_factor": -1}},
+                              validate_only=True)
+        [t] = res["topics"]
+        assert (t["error_code"], t["num_partitions"]) == (0, 1)  # num.partitions default
+        assert topic_name not in a.list_topics()
+    finally:
+        a.close()
 
 
 def test_kafka_python_admin(broker, topic_name):

@@ -69,13 +69,14 @@ pub(super) async fn handle(
                     configs.insert(c.name.to_string(), v.to_string());
                 }
             }
-            broker
+            let topic = broker
                 .create_topic(&name, partitions, t.replication_factor, configs, req.validate_only)
-                .await
+                .await?;
+            Ok((topic, broker.partitions_or_default(partitions)))
         }
         .await;
         match outcome {
-            Ok(topic) => {
+            Ok((topic, partitions)) => {
                 if h.api_version >= 7 {
                     res.topic_id = topic.id;
                 }
@@ -83,15 +84,9 @@ pub(super) async fn handle(
                     r.topics.push(res);
                     continue;
                 }
-                res.num_partitions = if req.validate_only {
-                    if t.num_partitions == -1 {
-                        broker.args.num_partitions
-                    } else {
-                        t.num_partitions.max(t.assignments.len() as i32)
-                    }
-                } else {
-                    topic.partition_count()
-                };
+                // A validate-only topic has no logs: report the count it would have.
+                res.num_partitions =
+                    if req.validate_only { partitions } else { topic.partition_count() };
                 res.replication_factor = 1;
                 let overrides = topic.configs.read().unwrap_or_else(|e| e.into_inner()).clone();
                 res.configs = Some(
