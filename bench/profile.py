@@ -16,11 +16,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import BENCH, BROKER, ROOT, cpu_seconds, free_port, settle  # noqa: E402
+from report import BENCH, cpu_seconds, running_broker, settle  # noqa: E402
 
 # (category, markers, user): a sample goes to the first category with a marker among the
 # functions of its stack; the order puts the operation a sample serves before how it spends the
@@ -88,12 +87,11 @@ def main():
     a = ap.parse_args()
     if shutil.which("perf") is None:
         sys.exit("perf not found (apt-get install linux-perf)")
-    data = tempfile.mkdtemp(prefix="millrace-profile-", dir=os.path.join(ROOT, "target"))
-    port = free_port()
-    bs = f"127.0.0.1:{port}"
-    broker = subprocess.Popen([BROKER, "serve", "--listen", bs, "--data-dir", os.path.join(data, "d")],
-                              stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-    time.sleep(1)
+    with running_broker("millrace-profile-") as (data, bs, pid):
+        profile(a, data, bs, pid)
+
+
+def profile(a, data, bs, pid):
     common = ["--bootstrap-server", bs, "--record-size", "1024", "--acks", "all"]
     scenarios = [
         (f"produce 1 KiB, acks=all, {a.rate} records/s, linger.ms=1", a.records,
@@ -104,40 +102,35 @@ def main():
         ("consume 1 KiB records (the unthrottled run's topic, from the page cache)", a.records,
          ["consume", "--bootstrap-server", bs, "--topic", "p1", "--messages", str(a.records)]),
     ]
-    try:
-        bench("produce", "--topic", "p1", "--num-records", "1000", *common)  # creates the topics
-        bench("produce", "--topic", "p2", "--num-records", "1000", *common)
-        for title, n, args in scenarios:
-            settle(drop_caches=args[0] == "produce")
-            perf_data = os.path.join(data, "perf.data")
-            rec = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-p", str(broker.pid), "-o", perf_data],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
-            c0 = cpu_seconds(broker.pid)
-            bench(*args)
-            cpu = cpu_seconds(broker.pid) - c0
-            rec.send_signal(signal.SIGINT)
-            rec.wait()
-            counts = {}
-            total = 0
-            for st in samples(perf_data):
-                c = classify(st)
-                counts[c] = counts.get(c, 0) + 1
-                total += 1
-            gb = n * 1024 / 1e9
-            print(f"### {title}\n")
-            print(f"Broker CPU {cpu / gb:.2f} s/GB ({total} samples).\n")
-            print("| where | share | s/GB |")
-            print("|---|---:|---:|")
-            for name in [c[0] for c in CATEGORIES] + [OTHER]:
-                k = counts.get(name, 0)
-                if k:
-                    print(f"| {name} | {100 * k / total:.0f}% | {cpu / gb * k / total:.2f} |")
-            print()
-    finally:
-        broker.send_signal(signal.SIGTERM)
-        broker.wait(30)
-        shutil.rmtree(data, ignore_errors=True)
+    bench("produce", "--topic", "p1", "--num-records", "1000", *common)  # creates the topics
+    bench("produce", "--topic", "p2", "--num-records", "1000", *common)
+    for title, n, args in scenarios:
+        settle(drop_caches=args[0] == "produce")
+        perf_data = os.path.join(data, "perf.data")
+        rec = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-p", str(pid), "-o", perf_data],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        c0 = cpu_seconds(pid)
+        bench(*args)
+        cpu = cpu_seconds(pid) - c0
+        rec.send_signal(signal.SIGINT)
+        rec.wait()
+        counts = {}
+        total = 0
+        for st in samples(perf_data):
+            c = classify(st)
+            counts[c] = counts.get(c, 0) + 1
+            total += 1
+        gb = n * 1024 / 1e9
+        print(f"### {title}\n")
+        print(f"Broker CPU {cpu / gb:.2f} s/GB ({total} samples).\n")
+        print("| where | share | s/GB |")
+        print("|---|---:|---:|")
+        for name in [c[0] for c in CATEGORIES] + [OTHER]:
+            k = counts.get(name, 0)
+            if k:
+                print(f"| {name} | {100 * k / total:.0f}% | {cpu / gb * k / total:.2f} |")
+        print()
 
 
 if __name__ == "__main__":

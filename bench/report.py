@@ -10,6 +10,7 @@ Options: --quick (smaller runs, for a smoke test), --out PATH (default docs/benc
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -55,6 +56,38 @@ def rss_mb(pid):
     return -1
 
 
+@contextlib.contextmanager
+def running_broker(prefix):
+    """A release broker on a free port with a fresh data directory under `target/`, stopped and
+    removed afterwards; yields (data directory, bootstrap address, pid)."""
+    data = tempfile.mkdtemp(prefix=prefix, dir=os.path.join(ROOT, "target"))
+    port = free_port()
+    bs = f"127.0.0.1:{port}"
+    try:
+        with open(os.path.join(data, "broker.log"), "w") as log:
+            broker = subprocess.Popen(
+                [BROKER, "serve", "--listen", bs, "--data-dir", os.path.join(data, "d")],
+                stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+            try:
+                for _ in range(200):
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                        break
+                    except OSError:
+                        time.sleep(0.05)
+                time.sleep(0.5)
+                yield data, bs, broker.pid
+            finally:
+                broker.send_signal(signal.SIGTERM)
+                try:
+                    broker.wait(30)
+                except subprocess.TimeoutExpired:
+                    broker.kill()
+                    broker.wait()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def settle(drop_caches=True):
     """Starts a run with the page cache's dirty data written back, so that one run's writeback
     does not land on the next run's fsyncs, and (as root) with the clean page cache dropped, so
@@ -91,21 +124,7 @@ def main():
         if not os.path.exists(b):
             sys.exit(f"{b} missing: cargo build --release --bin millrace -p millrace-bench")
     scale = 0.2 if a.quick else 1.0
-    data = tempfile.mkdtemp(prefix="millrace-bench-", dir=os.path.join(ROOT, "target"))
-    port = free_port()
-    bs = f"127.0.0.1:{port}"
-    log = open(os.path.join(data, "broker.log"), "w")
-    broker = subprocess.Popen([BROKER, "serve", "--listen", bs, "--data-dir", os.path.join(data, "d")],
-                              stderr=log, env={**os.environ, "RUST_LOG": "warn"})
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        time.sleep(0.5)
-        pid = broker.pid
+    with running_broker("millrace-bench-") as (data, bs, pid):
         idle_rss = rss_mb(pid)
         rows = []
 
@@ -167,14 +186,6 @@ def main():
         e2e = bench("e2e-latency", "--bootstrap-server", bs, "--topic", "e2e", "--rate", "1000",
                     "--seconds", str(int(10 * scale) or 2), "--record-size", "1024")
         final_rss = rss_mb(pid)
-    finally:
-        broker.send_signal(signal.SIGTERM)
-        try:
-            broker.wait(30)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-        log.close()
-        shutil.rmtree(data, ignore_errors=True)
 
     def cpu_per_gb(r):
         return r["broker_cpu_s"] / r["gb"]

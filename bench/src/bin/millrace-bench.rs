@@ -10,7 +10,7 @@
 //!
 //! Every command takes `--json` for one machine-readable line at the end.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -220,6 +220,23 @@ impl ProducerContext for Ctx {
     }
 }
 
+/// Sends one record (empty key), waiting while the client's queue is full; any other error is
+/// returned (a record that can never be sent must not be retried forever).
+fn send(producer: &BaseProducer<Ctx>, topic: &str, payload: &[u8]) -> Result<(), KafkaError> {
+    let mut opaque = Box::new((Instant::now(), payload.len()));
+    loop {
+        let rec = BaseRecord::with_opaque_to(topic, opaque).payload(payload).key(&[] as &[u8]);
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
+                opaque = rec.delivery_opaque;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 fn produce(a: ProduceArgs) -> Result<(), Error> {
     let payloads: Vec<Vec<u8>> = match (&a.payload_file, a.record_size) {
         (Some(p), _) => {
@@ -267,20 +284,7 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
             }
         }
         let payload = &payloads[(i % payloads.len() as u64) as usize];
-        let mut opaque = Box::new((Instant::now(), payload.len()));
-        loop {
-            let rec = BaseRecord::with_opaque_to(&a.common.topic, opaque)
-                .payload(payload.as_slice())
-                .key(&[] as &[u8]);
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
-                    opaque = rec.delivery_opaque;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send(&producer, &a.common.topic, payload)?;
         window_records += 1;
         window_bytes += payload.len() as u64;
         if i % 1024 == 0 {
@@ -428,7 +432,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     // Let the consumer's assignment settle before the first record.
     let _ = c.poll(Duration::from_millis(200));
     let mut hist = histogram();
-    let mut seen: HashMap<u64, ()> = HashMap::new();
+    let mut seen: HashSet<u64> = HashSet::new();
     let mut next = 0u64;
     let deadline = Instant::now() + Duration::from_secs(a.seconds + 30);
     let mut payload = vec![b'x'; a.record_size.max(16)];
@@ -438,16 +442,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
             let scheduled = start_us + next * interval_us;
             payload[..8].copy_from_slice(&scheduled.to_be_bytes());
             payload[8..16].copy_from_slice(&next.to_be_bytes());
-            let rec = BaseRecord::with_opaque_to(
-                &a.common.topic,
-                Box::new((Instant::now(), payload.len())),
-            )
-            .payload(payload.as_slice())
-            .key(&[] as &[u8]);
-            if producer.send(rec).is_err() {
-                producer.poll(Duration::from_millis(1));
-                continue;
-            }
+            send(&producer, &a.common.topic, &payload)?;
             next += 1;
         }
         producer.poll(Duration::ZERO);
@@ -455,7 +450,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
             if let Some(p) = m.payload().filter(|p| p.len() >= 16) {
                 let scheduled = u64::from_be_bytes(p[..8].try_into().unwrap_or([0; 8]));
                 let id = u64::from_be_bytes(p[8..16].try_into().unwrap_or([0; 8]));
-                if seen.insert(id, ()).is_none() {
+                if seen.insert(id) {
                     hist.saturating_record(now_us().saturating_sub(scheduled).max(1));
                 }
             }
