@@ -159,12 +159,15 @@ def api_versions_request(correlation_id: int, version: int = 0) -> bytes:
     return request(API_VERSIONS, version, correlation_id, b"")
 
 
-def metadata_request_v1(correlation_id: int, topics: list[str] | None) -> bytes:
-    if topics is None:
-        body = i32(-1)
-    else:
-        body = i32(len(topics)) + b"".join(string(t) for t in topics)
-    return request(API_METADATA, 1, correlation_id, body)
+def api_versions_roundtrip(s: socket.socket, correlation_id: int) -> list[tuple[int, int, int]]:
+    """Sends ApiVersions v0 on `s` and checks the answer (its correlation id, no error); returns
+    the (api key, min, max) list."""
+    s.sendall(api_versions_request(correlation_id, 0))
+    frame = recv_frame(s)
+    assert frame is not None, "connection closed on ApiVersions"
+    corr, err, keys, _ = parse_api_versions_v0(frame)
+    assert (corr, err) == (correlation_id, 0)
+    return keys
 
 
 def produce_request_v3(correlation_id: int, topic: str, partition: int, records: bytes,

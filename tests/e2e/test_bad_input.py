@@ -9,10 +9,9 @@ import socket
 import time
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 import kafka_raw as kr
-from helpers import ck_consume, ck_create_topic, rss_kib
+from helpers import ck_admin, ck_consume, ck_create_topic, rss_kib
 
 LIMIT = 100 * 1024 * 1024  # socket.request.max.bytes default
 UNSUPPORTED_VERSION = 35
@@ -23,20 +22,15 @@ UNKNOWN_TOPIC_OR_PARTITION = 3
 def assert_broker_healthy(broker, topic=None):
     """The process is alive and a fresh, normal client connection works."""
     assert broker.running(), f"broker died (status {broker.proc.returncode})"
-    a = AdminClient({"bootstrap.servers": broker.bootstrap})
-    md = a.list_topics(timeout=10)
+    md = ck_admin(broker.bootstrap).list_topics(timeout=10)
     assert [b.id for b in md.brokers.values()] == [1]
     if topic is not None:
         assert topic in md.topics
     # And a raw ApiVersions on a new connection.
     s = kr.connect(broker.port)
     try:
-        s.sendall(kr.api_versions_request(4242, 0))
-        frame = kr.recv_frame(s)
-        assert frame is not None
-        corr, err, keys, _ = kr.parse_api_versions_v0(frame)
-        assert (corr, err) == (4242, 0)
-        assert any(k == 18 for k, _, _ in keys)
+        keys = kr.api_versions_roundtrip(s, 4242)
+        assert any(k == kr.API_VERSIONS for k, _, _ in keys)
     finally:
         s.close()
 

@@ -7,17 +7,10 @@ from __future__ import annotations
 import socket
 import time
 
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka.admin import ConfigResource, ResourceType
 
 import kafka_raw as kr
-from helpers import rss_kib
-
-
-def api_versions(s: socket.socket, corr: int) -> None:
-    s.sendall(kr.api_versions_request(corr, 0))
-    frame = kr.recv_frame(s)
-    assert frame is not None, "connection closed"
-    assert kr.parse_api_versions_v0(frame)[:2] == (corr, 0)
+from helpers import ck_admin, rss_kib
 
 
 def test_max_connections_holds_new_connections_until_one_closes(broker_factory):
@@ -25,8 +18,8 @@ def test_max_connections_holds_new_connections_until_one_closes(broker_factory):
     first, second = kr.connect(broker.port), kr.connect(broker.port)
     third = None
     try:
-        api_versions(first, 1)
-        api_versions(second, 2)
+        kr.api_versions_roundtrip(first, 1)
+        kr.api_versions_roundtrip(second, 2)
         # The third TCP connect completes in the kernel's backlog, but the broker does not take
         # it: its request stays unanswered.
         third = kr.connect(broker.port)
@@ -38,13 +31,13 @@ def test_max_connections_holds_new_connections_until_one_closes(broker_factory):
             got = None
         assert got is None, "a connection over max.connections was served"
         # The two served connections are not disturbed.
-        api_versions(first, 4)
+        kr.api_versions_roundtrip(first, 4)
         # When one closes, the waiting connection is taken and its request answered.
         first.close()
         third.settimeout(10)
         frame = kr.recv_frame(third)
         assert frame is not None and kr.parse_api_versions_v0(frame)[:2] == (3, 0)
-        api_versions(second, 5)
+        kr.api_versions_roundtrip(second, 5)
     finally:
         for s in (first, second, third):
             if s is not None:
@@ -54,7 +47,7 @@ def test_max_connections_holds_new_connections_until_one_closes(broker_factory):
 
 def test_max_connections_is_described(broker_factory):
     broker = broker_factory(extra_args=["--max-connections", "50"])
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin = ck_admin(broker.bootstrap)
     res = ConfigResource(ResourceType.BROKER, "1")
     configs = admin.describe_configs([res])[res].result(timeout=10)
     assert configs["max.connections"].value == "50"
@@ -77,7 +70,7 @@ def test_frames_up_to_2mib_reserve_no_resident_memory(broker):
         assert grown_mib < 100, f"RSS grew by {grown_mib:.0f} MiB for 200 partial 2 MiB frames"
         s = kr.connect(broker.port)
         try:
-            api_versions(s, 7)
+            kr.api_versions_roundtrip(s, 7)
         finally:
             s.close()
     finally:

@@ -62,10 +62,9 @@ def assert_stored_codec(broker, topic, codec):
 # librdkafka enables its LZ4 feature only when the broker's ApiVersions lists FindCoordinator
 # (its proxy for "Kafka >= 0.10"); without it, it silently sends lz4 batches uncompressed. The
 # broker lists FindCoordinator for this reason, and the stored-codec check above guards it.
-CK_CODECS = CODECS
 
 
-@pytest.mark.parametrize("codec", CK_CODECS)
+@pytest.mark.parametrize("codec", CODECS)
 def test_confluent_roundtrip(broker, topic_name, codec):
     recs = records(null_header_values=True)
     p = ck_producer(broker.bootstrap, **{"compression.type": codec, "linger.ms": 20})
