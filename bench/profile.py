@@ -3,7 +3,7 @@
 `millrace-bench` drives it, and sorts every sample of the broker process into one of a few
 categories by its call stack (a flame graph, summed up). Needs `perf` (Debian: linux-perf).
 
-    cargo build --release --bin millrace -p millrace-bench && python3 bench/profile.py
+    cargo build --release -p millrace-broker -p millrace-bench && python3 bench/profile.py
 
 Scenarios: produce at a fixed rate with linger.ms=1 (the latency run's shape), produce 1 KiB
 records unthrottled (acks=all), consume what that produced. Prints a markdown table per scenario, with the

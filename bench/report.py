@@ -4,7 +4,7 @@
 same-run baselines (sequential write + fdatasync on the same disk, loopback TCP copy), and writes
 every figure beside its baseline as a ratio.
 
-    cargo build --release --bin millrace -p millrace-bench && python3 bench/report.py
+    cargo build --release -p millrace-broker -p millrace-bench && python3 bench/report.py
 
 Options: --quick (smaller runs, for a smoke test), --out PATH (default docs/benchmarks.md).
 """
@@ -122,7 +122,7 @@ def main():
     a = ap.parse_args()
     for b in (BROKER, BENCH):
         if not os.path.exists(b):
-            sys.exit(f"{b} missing: cargo build --release --bin millrace -p millrace-bench")
+            sys.exit(f"{b} missing: cargo build --release -p millrace-broker -p millrace-bench")
     scale = 0.2 if a.quick else 1.0
     with running_broker("millrace-bench-") as (data, bs, pid):
         idle_rss = rss_mb(pid)

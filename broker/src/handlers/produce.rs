@@ -17,6 +17,9 @@ use crate::state::Broker;
 /// durability (acks=all) and encodes the answer.
 pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest) -> Deferred {
     let acks = req.acks;
+    // Several partitions: their fsyncs should start together, not one after another.
+    let partitions: usize = req.topic_data.iter().map(|t| t.partition_data.len()).sum();
+    let _burst = (partitions > 1).then(millrace_storage::AppendBurst::start);
     let mut waits: Vec<(usize, usize, Durable)> = Vec::new();
     let mut r = ProduceResponse::default();
     for (ti, topic_data) in req.topic_data.into_iter().enumerate() {

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -67,6 +67,31 @@ impl IoEngineChoice {
             Ok("portable") | Ok("sync") => IoEngineChoice::Portable,
             _ => IoEngineChoice::Auto,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bursts: appends submitted together.
+
+/// Callers in the middle of submitting several appends (one produce request's partitions).
+static BURSTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Held while a caller submits several appends that would best be synced together: an I/O
+/// thread then leaves a lone fdatasync to io_uring rather than doing it on the spot (which
+/// would hold the rest of the burst back until it finished).
+#[derive(Debug)]
+pub struct AppendBurst(());
+
+impl AppendBurst {
+    pub fn start() -> AppendBurst {
+        BURSTS.fetch_add(1, Ordering::AcqRel);
+        AppendBurst(())
+    }
+}
+
+impl Drop for AppendBurst {
+    fn drop(&mut self) {
+        BURSTS.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -670,6 +695,21 @@ struct Looper {
     shutdown: bool,
 }
 
+impl LogIo {
+    /// Whether a group commit is due: an explicit sync is waiting, or the unsynced records
+    /// reached `flush.messages` or are older than `flush.ms`.
+    fn due(&self, now: Instant) -> bool {
+        let flush_messages = self.progress.flush_messages.load(Ordering::Relaxed);
+        let flush_ms = self.progress.flush_ms.load(Ordering::Relaxed).max(0) as u128;
+        !self.requests.is_empty()
+            || (self.unsynced_records > 0
+                && (self.unsynced_records >= flush_messages
+                    || self
+                        .first_unsynced
+                        .is_some_and(|t| now.duration_since(t).as_millis() >= flush_ms)))
+    }
+}
+
 fn log_io<'a>(logs: &'a mut HashMap<u64, LogIo>, progress: &Arc<LogProgress>) -> &'a mut LogIo {
     logs.entry(progress.id).or_insert_with(|| LogIo {
         progress: progress.clone(),
@@ -701,11 +741,18 @@ impl Looper {
                     }
                 }
             }
-            // 2. Start the group commits that are due.
+            // 2. Start the group commits that are due. A lone fdatasync, with nothing else in
+            // flight and no burst of appends being submitted, runs right here: handing it to
+            // io_uring would cost an io-wq worker's wake-up and the completion's, for no
+            // overlap (docs/design/storage.md, "Write path"). Several run in the ring, in
+            // parallel.
             let now = Instant::now();
             let ids: Vec<u64> = self.logs.keys().copied().collect();
-            for id in ids {
-                self.maybe_sync(id, now);
+            let due = self.logs.values().filter(|l| l.sync.is_none() && l.due(now)).count();
+            let inline =
+                due == 1 && self.engine.in_flight() == 0 && BURSTS.load(Ordering::Acquire) == 0;
+            for &id in &ids {
+                self.maybe_sync(id, now, inline);
             }
             // 3. Collect completions; wait when there is nothing else to do.
             if self.engine.in_flight() > 0 {
@@ -876,8 +923,9 @@ impl Looper {
         }
     }
 
-    /// Starts a group commit for log `id` if one is due and none is running.
-    fn maybe_sync(&mut self, id: u64, now: Instant) {
+    /// Starts a group commit for log `id` if one is due and none is running; with `inline`, a
+    /// commit of a single file is done on this thread, at once.
+    fn maybe_sync(&mut self, id: u64, now: Instant, inline: bool) {
         let failed = self.health.is_failed();
         let Some(l) = self.logs.get_mut(&id) else { return };
         if l.sync.is_some() {
@@ -900,14 +948,7 @@ impl Looper {
             l.dirty.clear();
             return;
         }
-        let flush_messages = l.progress.flush_messages.load(Ordering::Relaxed);
-        let flush_ms = l.progress.flush_ms.load(Ordering::Relaxed).max(0) as u128;
-        let due = !l.requests.is_empty()
-            || (l.unsynced_records > 0
-                && (l.unsynced_records >= flush_messages
-                    || l.first_unsynced
-                        .is_some_and(|t| now.duration_since(t).as_millis() >= flush_ms)));
-        if !due {
+        if !l.due(now) {
             return;
         }
         let files: Vec<Arc<File>> = l.dirty.drain(..).collect();
@@ -931,6 +972,13 @@ impl Looper {
         });
         if fds.is_empty() {
             self.finish_sync(id);
+            return;
+        }
+        if inline && fds.len() == 1 {
+            // SAFETY: plain system call on a descriptor held open by the sync group.
+            let rc = unsafe { libc::fdatasync(fds[0]) };
+            let res = if rc < 0 { errno_of(&std::io::Error::last_os_error()) } else { 0 };
+            self.sync_completed(id, res);
             return;
         }
         for fd in fds {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 pub use crate::config::{LogConfig, TimestampType};
 pub use crate::error::{Result, StorageError};
-pub use crate::io::{DataChanged, Durable, IoEngineChoice, IoEngineKind, IoThread};
+pub use crate::io::{AppendBurst, DataChanged, Durable, IoEngineChoice, IoEngineKind, IoThread};
 pub use crate::log::{
     now_ms, AppendInfo, FileSlice, Log, OpenReport, ReadResult, RetentionResult, TimestampLookup,
 };

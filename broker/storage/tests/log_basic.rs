@@ -314,3 +314,29 @@ fn many_appenders_share_group_commits() {
         assert_eq!(read_all(log).len(), 200);
     }
 }
+
+#[test]
+fn appends_in_a_burst_are_synced_while_the_burst_is_held() {
+    // A burst only changes where an fdatasync runs (io_uring rather than the I/O thread); it
+    // must never hold durability back, on either engine.
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = io(dir.path(), engine);
+        let logs: Vec<_> = (0..3)
+            .map(|p| open(&dir.path().join(format!("t-{p}")), LogConfig::default(), &io))
+            .collect();
+        let _burst = millrace_storage::AppendBurst::start();
+        for round in 0..3u64 {
+            let waits: Vec<_> = logs
+                .iter()
+                .map(|log| log.append(&batch(round, 2, 50, 5)).unwrap().durable)
+                .collect();
+            for w in waits {
+                w.wait().unwrap();
+            }
+        }
+        for log in &logs {
+            assert_eq!(log.durable_end(), 6, "{engine:?}");
+        }
+    }
+}
