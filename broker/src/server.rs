@@ -10,18 +10,23 @@
 //! closes the connection after the responses before it, with one log line; other connections
 //! never notice.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt as _};
+use kafka_protocol::messages::ApiKey;
 use millrace_protocol::{parse_header, FRAME_LEN_PREFIX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::handlers::{self, Chunk};
+use crate::handlers::{self, Chunk, Deferred, Response};
 use crate::state::Broker;
 
 /// Bytes read from a socket at a time while a frame body arrives.
@@ -30,6 +35,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// client's default `max.request.size` (1 MiB) with room to spare. At most this much per
 /// connection is reserved on a length's word alone.
 const PREALLOC_MAX: usize = 2 << 20;
+/// Frame buffers a connection keeps for reuse (each at most `PREALLOC_MAX`): a producer with
+/// requests in flight reads the next one into a buffer an answered request let go of, instead of
+/// allocating (and page-faulting in) a new one per request.
+const FRAME_POOL: usize = 2;
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -118,9 +127,14 @@ async fn shutdown_signal() {
     }
 }
 
-/// A response on its way back (frame chunks): `None` for requests that get none (acks=0
-/// produce).
-type Pending = oneshot::Receiver<Option<Vec<Chunk>>>;
+/// A request being answered: what is left of its handling, and its place among the
+/// connection's `requests.in.flight.max`.
+struct InFlight {
+    rest: Deferred,
+    api_key: ApiKey,
+    api_version: i16,
+    _slot: OwnedSemaphorePermit,
+}
 
 async fn connection(
     broker: Arc<Broker>,
@@ -129,20 +143,12 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Pending>(broker.args.requests_in_flight_max.max(1));
-    let writer = tokio::spawn(async move {
-        while let Some(pending) = rx.recv().await {
-            match pending.await {
-                Ok(Some(chunks)) => write_chunks(&mut wr, &chunks).await?,
-                Ok(None) => {}
-                Err(_) => return Ok(()), // the handler was dropped (shutdown)
-            }
-        }
-        wr.shutdown().await
-    });
+    let (mut rd, wr) = stream.into_split();
+    let slots = Arc::new(Semaphore::new(broker.args.requests_in_flight_max.max(1)));
+    let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
+    let writer = tokio::spawn(respond(wr, rx));
     let reason = tokio::select! {
-        r = read_loop(&broker, &mut rd, &tx) => r,
+        r = read_loop(&broker, &mut rd, &tx, &slots) => r,
         _ = stop.wait_for(|s| *s) => Ok(()),
     };
     drop(tx); // the writer finishes what is queued, then closes
@@ -158,6 +164,58 @@ async fn connection(
         }
         _ => {}
     }
+}
+
+/// Resolves to a request's answer, handing its `InFlight` back.
+struct Finish(Option<InFlight>);
+
+impl Future for Finish {
+    type Output = (Response, InFlight);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // `None` only once it has finished; FuturesOrdered polls no finished future.
+        let Some(r) = self.0.as_mut() else { return Poll::Pending };
+        let response = std::task::ready!(r.rest.as_mut().poll(cx));
+        self.0.take().map_or(Poll::Pending, |r| Poll::Ready((response, r)))
+    }
+}
+
+/// The connection's writer: drives every request's remaining work (fsync waits, long polls)
+/// concurrently in this one task, and writes the responses in request order. A completion
+/// (an fsync, new data) wakes this task alone, which encodes and writes the answer; no task
+/// and channel per request.
+async fn respond(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<InFlight>,
+) -> std::io::Result<()> {
+    let mut running: FuturesOrdered<Finish> = FuturesOrdered::new();
+    let mut open = true;
+    while open || !running.is_empty() {
+        tokio::select! {
+            biased;
+            Some((response, r)) = running.next(), if !running.is_empty() => {
+                let r: InFlight = r; // holds the in-flight slot until the answer is written
+                match response {
+                    Ok(Some(chunks)) => write_chunks(&mut wr, &chunks).await?,
+                    Ok(None) => {}
+                    Err(e) => {
+                        // The connection closes after the responses before this one.
+                        tracing::error!(
+                            api = ?r.api_key,
+                            version = r.api_version,
+                            error = %e,
+                            "could not answer a request"
+                        );
+                        return Ok(());
+                    }
+                }
+            }
+            next = rx.recv(), if open => match next {
+                Some(r) => running.push_back(Finish(Some(r))),
+                None => open = false,
+            },
+        }
+    }
+    wr.shutdown().await
 }
 
 /// Writes a response: runs of in-memory chunks with vectored writes, record data that lies in a
@@ -176,15 +234,9 @@ async fn write_chunks(
                 i += 1;
             }
             Chunk::Mem(_) => {
-                let run: Vec<Bytes> = chunks[i..]
-                    .iter()
-                    .map_while(|c| match c {
-                        Chunk::Mem(b) => Some(b.clone()),
-                        Chunk::File { .. } => None,
-                    })
-                    .collect();
-                i += run.len();
-                write_vectored_all(wr, &run).await?;
+                let run = chunks[i..].iter().take_while(|c| matches!(c, Chunk::Mem(_))).count();
+                write_vectored_all(wr, &chunks[i..i + run]).await?;
+                i += run;
             }
         }
     }
@@ -232,24 +284,31 @@ async fn send_file(
     Ok(true)
 }
 
-/// Writes all of `chunks` with vectored writes.
+/// Writes all of `chunks` (in-memory ones) with vectored writes of up to 64 slices.
 async fn write_vectored_all(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    chunks: &[Bytes],
+    chunks: &[Chunk],
 ) -> std::io::Result<()> {
+    fn mem(c: &Chunk) -> &[u8] {
+        match c {
+            Chunk::Mem(b) => b,
+            Chunk::File { .. } => &[],
+        }
+    }
     let (mut i, mut off) = (0usize, 0usize);
     while i < chunks.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&chunks[i][off..])
-            .chain(chunks[i + 1..].iter().map(|c| &c[..]))
-            .take(64)
-            .map(std::io::IoSlice::new)
-            .collect();
-        let mut n = wr.write_vectored(&slices).await?;
+        let mut slices = [std::io::IoSlice::new(&[]); 64];
+        let mut k = 0;
+        for (j, c) in chunks[i..].iter().enumerate().take(slices.len()) {
+            slices[k] = std::io::IoSlice::new(if j == 0 { &mem(c)[off..] } else { mem(c) });
+            k += 1;
+        }
+        let mut n = wr.write_vectored(&slices[..k]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         while n > 0 && i < chunks.len() {
-            let left = chunks[i].len() - off;
+            let left = mem(&chunks[i]).len() - off;
             if n >= left {
                 n -= left;
                 i += 1;
@@ -259,7 +318,7 @@ async fn write_vectored_all(
                 n = 0;
             }
         }
-        while i < chunks.len() && chunks[i].len() == off {
+        while i < chunks.len() && mem(&chunks[i]).len() == off {
             i += 1;
             off = 0;
         }
@@ -267,14 +326,24 @@ async fn write_vectored_all(
     Ok(())
 }
 
+/// A pooled buffer of at least `want` bytes that nothing else references any more, emptied.
+fn reuse(pool: &mut Vec<Bytes>, want: usize) -> Option<BytesMut> {
+    let i = pool.iter().position(|b| b.is_unique())?;
+    let mut buf = pool.swap_remove(i).try_into_mut().ok()?;
+    buf.clear();
+    (buf.capacity() >= want).then_some(buf)
+}
+
 /// Reads and dispatches requests until the peer closes (`Ok`) or a frame cannot be taken (`Err`
 /// with the reason to log).
 async fn read_loop(
     broker: &Arc<Broker>,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
-    tx: &mpsc::Sender<Pending>,
+    tx: &mpsc::UnboundedSender<InFlight>,
+    slots: &Arc<Semaphore>,
 ) -> Result<(), String> {
     let max = broker.args.socket_request_max_bytes;
+    let mut pool: Vec<Bytes> = Vec::with_capacity(FRAME_POOL);
     loop {
         let mut len_buf = [0u8; FRAME_LEN_PREFIX];
         match rd.read_exact(&mut len_buf).await {
@@ -292,7 +361,8 @@ async fn read_loop(
         // A frame of ordinary size gets its whole buffer at once, so that its bytes are never
         // moved; a larger one grows with what arrives, never by what the length claims.
         let step = if len <= PREALLOC_MAX { len } else { READ_CHUNK };
-        let mut frame = BytesMut::with_capacity(len.min(step));
+        let mut frame = reuse(&mut pool, len.min(step))
+            .unwrap_or_else(|| BytesMut::with_capacity(len.min(step)));
         while frame.len() < len {
             let want = (len - frame.len()).min(step);
             frame.reserve(want);
@@ -305,6 +375,9 @@ async fn read_loop(
             }
         }
         let mut frame: Bytes = frame.freeze();
+        if len <= PREALLOC_MAX && pool.len() < FRAME_POOL {
+            pool.push(frame.clone()); // a reference: reusable once the request lets go of it
+        }
         let header = parse_header(&mut frame).map_err(|e| e.to_string())?;
         let request = handlers::decode(&header, frame).map_err(|e| {
             format!(
@@ -312,26 +385,18 @@ async fn read_loop(
                 header.api_key, header.api_version, header.correlation_id
             )
         })?;
-        let (otx, orx) = oneshot::channel();
-        if tx.send(orx).await.is_err() {
-            return Ok(());
-        }
+        let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
         // In request order: appends and topic changes happen here, before the next request is
-        // read. What may take a while (fsync waits, long polls) runs on its own.
+        // read. What may take a while (fsync waits, long polls) goes on in the writer.
         let rest = handlers::start(broker, &header, request).await;
-        tokio::spawn(async move {
-            match rest.await {
-                Ok(resp) => {
-                    let _ = otx.send(resp);
-                }
-                // Dropping `otx` makes the writer close the connection after earlier responses.
-                Err(e) => tracing::error!(
-                    api = ?header.api_key,
-                    version = header.api_version,
-                    error = %e,
-                    "could not answer a request"
-                ),
-            }
-        });
+        let r = InFlight {
+            rest,
+            api_key: header.api_key,
+            api_version: header.api_version,
+            _slot: permit,
+        };
+        if tx.send(r).is_err() {
+            return Ok(()); // the writer failed; its error is reported by `connection`
+        }
     }
 }

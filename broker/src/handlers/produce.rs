@@ -20,7 +20,7 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
     // Several partitions: their fsyncs should start together, not one after another.
     let partitions: usize = req.topic_data.iter().map(|t| t.partition_data.len()).sum();
     let _burst = (partitions > 1).then(millrace_storage::AppendBurst::start);
-    let mut waits: Vec<(usize, usize, Durable)> = Vec::new();
+    let mut waits: Waits = Waits::new();
     let mut r = ProduceResponse::default();
     for (ti, topic_data) in req.topic_data.into_iter().enumerate() {
         let topic = if h.api_version >= 13 {
@@ -87,10 +87,13 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
     Box::pin(async move { finish(&h, r, waits, timeout).await })
 }
 
+/// What a response waits for, by topic and partition index (no allocation for up to four).
+type Waits = smallvec::SmallVec<[(usize, usize, Durable); 4]>;
+
 async fn finish(
     h: &RequestHeaderInfo,
     mut r: ProduceResponse,
-    waits: Vec<(usize, usize, Durable)>,
+    waits: Waits,
     timeout: Duration,
 ) -> Response {
     for (ti, pi, durable) in waits {

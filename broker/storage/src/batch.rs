@@ -19,6 +19,7 @@
 //! the codecs and bounds their output) before it calls [`crate::Log::append`].
 
 use crate::error::{Result, StorageError};
+use smallvec::SmallVec;
 
 /// Size of the fixed v2 batch header.
 pub const BATCH_HEADER_LEN: usize = 61;
@@ -145,8 +146,8 @@ pub struct ValidBatch {
 /// the buffer exactly, CRC-32C, `recordCount == lastOffsetDelta + 1`, size against
 /// `max_message_bytes`, and for uncompressed batches that every record parses and the count
 /// matches. The first failure is returned and nothing is accepted.
-pub fn validate(buf: &[u8], max_message_bytes: usize) -> Result<Vec<ValidBatch>> {
-    let mut out = Vec::new();
+pub fn validate(buf: &[u8], max_message_bytes: usize) -> Result<SmallVec<[ValidBatch; 4]>> {
+    let mut out = SmallVec::new();
     let mut pos = 0usize;
     if buf.is_empty() {
         return Err(StorageError::InvalidRecord("empty record set".into()));
@@ -529,8 +530,8 @@ mod tests {
         let b = sample();
         let v = validate(&b, 1 << 20).unwrap();
         assert_eq!(
-            v,
-            vec![ValidBatch { position: 0, len: b.len(), record_count: 3, max_timestamp: 1005 }]
+            v.as_slice(),
+            [ValidBatch { position: 0, len: b.len(), record_count: 3, max_timestamp: 1005 }]
         );
         let h = BatchHeader::parse(&b).unwrap();
         assert_eq!(h.last_offset_delta, 2);

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::error::{Result, StorageError};
+use crate::log::BATCH_PATCH_LEN;
 use crate::segment::Segment;
 
 /// Capacity of the channel into the I/O thread; appenders block (backpressure) beyond it.
@@ -297,13 +298,34 @@ impl Future for DataChanged {
 /// (used to advance the recovery point once a rolled segment is on disk).
 pub(crate) type AfterSync = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
 
+/// A piece of an append: a batch's first bytes with its offset and epoch assigned (kept inline:
+/// no allocation per batch), or a slice of the request's own buffer.
+#[derive(Debug)]
+pub(crate) enum Piece {
+    Head([u8; BATCH_PATCH_LEN]),
+    Bytes(Bytes),
+}
+
+impl Piece {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Head(h) => h,
+            Piece::Bytes(b) => b,
+        }
+    }
+}
+
+/// An append's pieces: a head and a body per batch; requests of up to two batches need no
+/// allocation for the list.
+pub(crate) type Pieces = smallvec::SmallVec<[Piece; 4]>;
+
 pub(crate) enum Op {
     Append {
         log: Arc<LogProgress>,
         segment: Arc<Segment>,
         position: u64,
-        /// The bytes to write, in order (patched batch headers and slices of the request).
-        data: Vec<Bytes>,
+        /// The bytes to write, in order (patched batch heads and slices of the request).
+        data: Pieces,
         end_offset: i64,
         records: i64,
         /// Resolves once the bytes are written (in the page cache, readable).
@@ -552,6 +574,7 @@ impl IoThread {
             tags: HashMap::new(),
             next_tag: 1,
             shutdown: false,
+            ids: Vec::new(),
         };
         let join = std::thread::Builder::new()
             .name(format!("millrace-io {}", dir.display()))
@@ -610,12 +633,16 @@ type SyncRequest = (Option<Completer>, Option<AfterSync>);
 /// without possibly blocking, so io_uring would hand every one to an io-wq worker thread, and
 /// on these machines the wake-ups and context switches of that hand-off cost more CPU than the
 /// copy into the page cache itself (docs/design/storage.md, "Write path").
-fn write_all_at(file: &File, chunks: &[Bytes], offset: u64) -> std::result::Result<(), String> {
-    let len: usize = chunks.iter().map(|c| c.len()).sum();
+fn write_all_at(
+    file: &File,
+    chunks: &[Piece],
+    offset: u64,
+    iov: &mut Vec<libc::iovec>,
+) -> std::result::Result<(), String> {
+    let len: usize = chunks.iter().map(|c| c.bytes().len()).sum();
     let mut written = 0;
-    let mut iov = Vec::with_capacity(chunks.len().min(IOV_MAX));
     while written < len {
-        iovecs_over(chunks, written, &mut iov);
+        iovecs_over(chunks, written, iov);
         // SAFETY: `file` is open; the iovecs point into `chunks`, alive for the call.
         let n = unsafe {
             libc::pwritev(
@@ -641,9 +668,10 @@ fn write_all_at(file: &File, chunks: &[Bytes], offset: u64) -> std::result::Resu
 
 /// Fills `v` with iovecs covering `chunks` after the first `skip` bytes (at most `IOV_MAX` of
 /// them; a longer list is written in several calls, as short writes are).
-fn iovecs_over(chunks: &[Bytes], mut skip: usize, v: &mut Vec<libc::iovec>) {
+fn iovecs_over(chunks: &[Piece], mut skip: usize, v: &mut Vec<libc::iovec>) {
     v.clear();
     for c in chunks {
+        let c = c.bytes();
         if skip >= c.len() {
             skip -= c.len();
             continue;
@@ -667,7 +695,7 @@ struct SyncGroup {
     waiters: Vec<Completer>,
     after: Vec<AfterSync>,
     error: Option<String>,
-    _files: Vec<Arc<File>>,
+    files: Vec<Arc<File>>,
 }
 
 /// Per-log state only the I/O thread touches.
@@ -681,6 +709,10 @@ struct LogIo {
     unsynced_records: i64,
     first_unsynced: Option<Instant>,
     sync: Option<SyncGroup>,
+    /// The lists of the last finished group commit, emptied, for the next one: a log that is
+    /// written steadily allocates nothing per commit.
+    spare_waiters: Vec<Completer>,
+    spare_files: Vec<Arc<File>>,
 }
 
 struct Looper {
@@ -693,6 +725,8 @@ struct Looper {
     tags: HashMap<u64, u64>,
     next_tag: u64,
     shutdown: bool,
+    /// Scratch list of log ids, kept to reuse its memory.
+    ids: Vec<u64>,
 }
 
 impl LogIo {
@@ -719,19 +753,23 @@ fn log_io<'a>(logs: &'a mut HashMap<u64, LogIo>, progress: &Arc<LogProgress>) ->
         unsynced_records: 0,
         first_unsynced: None,
         sync: None,
+        spare_waiters: Vec::new(),
+        spare_files: Vec::new(),
     })
 }
 
 impl Looper {
     fn run(&mut self) {
         let mut completions = Vec::new();
+        // The iovec list of every write, kept to reuse its memory (not `Send`: a local).
+        let mut iov = Vec::new();
         loop {
             // 1. Take what has queued up.
             let mut took = 0;
             while took < ROUND_OPS_MAX && !self.shutdown {
                 match self.rx.try_recv() {
                     Ok(op) => {
-                        self.handle(op);
+                        self.handle(op, &mut iov);
                         took += 1;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -747,13 +785,16 @@ impl Looper {
             // overlap (docs/design/storage.md, "Write path"). Several run in the ring, in
             // parallel.
             let now = Instant::now();
-            let ids: Vec<u64> = self.logs.keys().copied().collect();
+            let mut ids = std::mem::take(&mut self.ids);
+            ids.clear();
+            ids.extend(self.logs.keys().copied());
             let due = self.logs.values().filter(|l| l.sync.is_none() && l.due(now)).count();
             let inline =
                 due == 1 && self.engine.in_flight() == 0 && BURSTS.load(Ordering::Acquire) == 0;
             for &id in &ids {
                 self.maybe_sync(id, now, inline);
             }
+            self.ids = ids;
             // 3. Collect completions; wait when there is nothing else to do.
             if self.engine.in_flight() > 0 {
                 let deadline = self.deadline();
@@ -762,7 +803,7 @@ impl Looper {
                     self.sleeping.store(true, Ordering::SeqCst);
                     // An op sent before the flag was set would not wake us: look once more.
                     if let Ok(op) = self.rx.try_recv() {
-                        self.handle(op);
+                        self.handle(op, &mut iov);
                         wait = false;
                     }
                 }
@@ -809,15 +850,17 @@ impl Looper {
                     },
                 };
                 if let Some(op) = op {
-                    self.handle(op);
+                    self.handle(op, &mut iov);
                 }
             }
-            // Forget logs with nothing pending.
+            // Forget logs that are gone (only this map holds their progress) once nothing is
+            // pending; a live log keeps its entry and its lists' memory.
             self.logs.retain(|_, l| {
-                !(l.waiting.is_empty()
-                    && l.requests.is_empty()
-                    && l.sync.is_none()
-                    && l.unsynced_records == 0)
+                Arc::strong_count(&l.progress) > 1
+                    || !(l.waiting.is_empty()
+                        && l.requests.is_empty()
+                        && l.sync.is_none()
+                        && l.unsynced_records == 0)
             });
         }
         // Resolve whatever is left so no waiter hangs.
@@ -861,7 +904,7 @@ impl Looper {
         tag
     }
 
-    fn handle(&mut self, op: Op) {
+    fn handle(&mut self, op: Op, iov: &mut Vec<libc::iovec>) {
         match op {
             Op::Append { log, segment, position, data, end_offset, records, written, done } => {
                 if self.health.is_failed() {
@@ -869,8 +912,8 @@ impl Looper {
                     done.complete(Err(self.health.failure()));
                     return;
                 }
-                let result = write_all_at(&segment.file, &data, position);
-                let len: usize = data.iter().map(|b| b.len()).sum();
+                let result = write_all_at(&segment.file, &data, position, iov);
+                let len: usize = data.iter().map(|b| b.bytes().len()).sum();
                 let l = log_io(&mut self.logs, &log);
                 match result {
                     Ok(()) => {
@@ -951,8 +994,8 @@ impl Looper {
         if !l.due(now) {
             return;
         }
-        let files: Vec<Arc<File>> = l.dirty.drain(..).collect();
-        let mut waiters: Vec<Completer> = l.waiting.drain(..).collect();
+        let files = std::mem::replace(&mut l.dirty, std::mem::take(&mut l.spare_files));
+        let mut waiters = std::mem::replace(&mut l.waiting, std::mem::take(&mut l.spare_waiters));
         let mut after = Vec::new();
         for (d, a) in l.requests.drain(..) {
             waiters.extend(d);
@@ -961,27 +1004,26 @@ impl Looper {
         l.unsynced_records = 0;
         l.first_unsynced = None;
         let covers = l.progress.written_end.load(Ordering::Acquire);
-        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
-        l.sync = Some(SyncGroup {
-            remaining: fds.len(),
-            covers,
-            waiters,
-            after,
-            error: None,
-            _files: files,
-        });
-        if fds.is_empty() {
+        let n = files.len();
+        let lone = (inline && n == 1).then(|| files[0].as_raw_fd());
+        l.sync = Some(SyncGroup { remaining: n, covers, waiters, after, error: None, files });
+        if n == 0 {
             self.finish_sync(id);
             return;
         }
-        if inline && fds.len() == 1 {
+        if let Some(fd) = lone {
             // SAFETY: plain system call on a descriptor held open by the sync group.
-            let rc = unsafe { libc::fdatasync(fds[0]) };
+            let rc = unsafe { libc::fdatasync(fd) };
             let res = if rc < 0 { errno_of(&std::io::Error::last_os_error()) } else { 0 };
             self.sync_completed(id, res);
             return;
         }
-        for fd in fds {
+        for i in 0..n {
+            let Some(fd) =
+                self.logs.get(&id).and_then(|l| l.sync.as_ref()).map(|s| s.files[i].as_raw_fd())
+            else {
+                break;
+            };
             let tag = self.tag(id);
             self.engine.fsync(tag, fd);
         }
@@ -1001,14 +1043,17 @@ impl Looper {
 
     fn finish_sync(&mut self, id: u64) {
         let Some(l) = self.logs.get_mut(&id) else { return };
-        let Some(s) = l.sync.take() else { return };
+        let Some(mut s) = l.sync.take() else { return };
+        s.files.clear();
+        l.spare_files = s.files;
         if let Some(e) = s.error {
             self.health.fail(format!("fdatasync failed: {e}"));
         }
         if self.health.is_failed() {
-            for w in s.waiters {
+            for w in s.waiters.drain(..) {
                 w.complete(Err(self.health.failure()));
             }
+            l.spare_waiters = s.waiters;
             return;
         }
         l.progress.durable_end.fetch_max(s.covers, Ordering::AcqRel);
@@ -1018,9 +1063,10 @@ impl Looper {
                 self.health.fail(format!("checkpoint write failed: {e}"));
             }
         }
-        for w in s.waiters {
+        for w in s.waiters.drain(..) {
             w.complete(Ok(()));
         }
+        l.spare_waiters = s.waiters;
         l.progress.notify();
     }
 }

@@ -118,7 +118,7 @@ pub fn now_ms() -> i64 {
 
 /// Bytes at the start of a batch that the log rewrites (baseOffset, batchLength,
 /// partitionLeaderEpoch); none of them is covered by the CRC.
-const BATCH_PATCH_LEN: usize = 16;
+pub(crate) const BATCH_PATCH_LEN: usize = 16;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Poisoning means a panic elsewhere while holding the lock; every mutation under these
@@ -317,7 +317,7 @@ impl Log {
         let mut position = None;
         // LogAppendTime rewrites fields under the CRC: copy and patch the whole record set.
         let mut copy = log_append_time.then(|| BytesMut::from(&records[..]));
-        let mut chunks = Vec::with_capacity(if copy.is_some() { 1 } else { 2 * batches.len() });
+        let mut chunks = io::Pieces::new();
         for b in &batches {
             let max_ts = if let Some(data) = copy.as_mut() {
                 let bytes = &mut data[b.position..b.position + b.len];
@@ -325,10 +325,13 @@ impl Log {
                 batch::set_log_append_time(bytes, now_ms);
                 now_ms
             } else {
-                let mut head = BytesMut::from(&records[b.position..b.position + BATCH_PATCH_LEN]);
+                let mut head = [0u8; BATCH_PATCH_LEN];
+                head.copy_from_slice(&records[b.position..b.position + BATCH_PATCH_LEN]);
                 batch::assign(&mut head, next, leader_epoch);
-                chunks.push(head.freeze());
-                chunks.push(records.slice(b.position + BATCH_PATCH_LEN..b.position + b.len));
+                chunks.push(io::Piece::Head(head));
+                chunks.push(io::Piece::Bytes(
+                    records.slice(b.position + BATCH_PATCH_LEN..b.position + b.len),
+                ));
                 b.max_timestamp
             };
             let last = next + i64::from(b.record_count) - 1;
@@ -347,7 +350,7 @@ impl Log {
         }
         drop(st);
         if let Some(data) = copy {
-            chunks.push(data.freeze());
+            chunks.push(io::Piece::Bytes(data.freeze()));
         }
         let (durable, done) = io::durable_pair();
         let (written, written_done) = io::durable_pair();
