@@ -340,19 +340,23 @@ impl Broker {
         )
     }
 
-    /// Replaces a topic's config overrides after validating them; applies them to every log.
-    pub(crate) async fn set_topic_configs(
+    /// Edits a topic's config overrides: `edit` changes a copy of the current ones, which is
+    /// validated, applied to every log and persisted. Read, edit and write happen under the
+    /// admin lock, so concurrent edits of one topic (of different keys) all take effect.
+    pub(crate) async fn alter_topic_configs(
         &self,
         topic: &Topic,
-        configs: BTreeMap<String, String>,
+        edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), TopicError>,
         validate_only: bool,
     ) -> Result<(), TopicError> {
+        let _admin = self.admin.lock().await;
+        let mut configs = topic.configs.read().unwrap_or_else(|e| e.into_inner()).clone();
+        edit(&mut configs)?;
         let config = topic_config::log_config(&self.log_defaults, &configs)
             .map_err(|e| TopicError::new(ec::INVALID_CONFIG, e))?;
         if validate_only {
             return Ok(());
         }
-        let _admin = self.admin.lock().await;
         for log in topic.partitions.read().unwrap_or_else(|e| e.into_inner()).iter() {
             log.set_config(config.clone())
                 .map_err(|e| TopicError::new(ec::INVALID_CONFIG, e.to_string()))?;

@@ -15,8 +15,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource as KpConfigResource
 from kafka.admin import NewTopic as KpNewTopic
 
-from helpers import (ck_admin, ck_consume, ck_consumer, ck_describe, ck_produce_all, ck_producer,
-                     kp_consume, kp_producer)
+from helpers import (ck_admin, ck_consume, ck_consumer, ck_create_topic, ck_describe,
+                     ck_produce_all, ck_producer, kp_consume, kp_producer)
 
 TOPIC_CONFIG_KEYS = {
     "retention.ms", "retention.bytes", "segment.bytes", "segment.ms", "max.message.bytes",
@@ -309,3 +309,24 @@ def test_auto_create_with_num_partitions(broker_factory, topic_name):
     off = broker_factory(extra_args=["--auto-create-topics-enable", "false"])
     md = ck_admin(off.bootstrap).list_topics(topic=topic_name, timeout=10)
     assert md.topics[topic_name].error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def test_concurrent_config_edits_of_one_topic_all_take_effect(broker, topic_name):
+    """Clients edit different keys of one topic at the same time, round after round; each edit
+    reads the current overrides and writes them back with its change, so none may overwrite
+    another's (a lost update)."""
+    ck_create_topic(broker.bootstrap, topic_name)
+    keys = ["retention.ms", "segment.ms", "retention.bytes", "segment.bytes", "flush.ms",
+            "max.message.bytes"]
+    admins = [ck_admin(broker.bootstrap) for _ in keys]
+    for rnd in range(1, 101):
+        futures = []
+        for a, key in zip(admins, keys):
+            entry = ConfigEntry(key, str(1_048_576 + rnd), incremental_operation=AlterConfigOpType.SET)
+            futures += list(a.incremental_alter_configs(
+                [ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[entry])]).values())
+        for f in futures:
+            assert f.result(timeout=15) is None
+        cfg = ck_describe(admins[0], topic_name)
+        assert {k: cfg[k].value for k in keys} == {k: str(1_048_576 + rnd) for k in keys}, \
+            f"round {rnd}"

@@ -2,12 +2,15 @@
 //! as a whole and applied to every partition's log, then persisted. Broker configs are static
 //! here and answered with INVALID_REQUEST.
 
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
 
 use super::{respond, sb, Response};
-use crate::state::Broker;
+use crate::state::{Broker, TopicError};
 use crate::topic_config;
 
 const TOPIC: i8 = 2;
@@ -32,56 +35,15 @@ pub(super) async fn handle(
                     format!("unknown topic {:?}", res.resource_name.as_str()),
                 )
             })?;
-            let mut configs = topic.configs.read().unwrap_or_else(|e| e.into_inner()).clone();
-            for c in &res.configs {
-                let name = c.name.to_string();
-                let Some(key) = topic_config::key(&name) else {
-                    return Err((ec::INVALID_CONFIG, format!("unknown topic config {name:?}")));
-                };
-                let value = c.value.as_ref().map(|v| v.to_string());
-                match c.config_operation {
-                    0 => {
-                        let v = value
-                            .ok_or((ec::INVALID_REQUEST, format!("SET {name} needs a value")))?;
-                        configs.insert(name, v);
-                    }
-                    1 => {
-                        configs.remove(&name);
-                    }
-                    2 | 3 if key.config_type == 7 => {
-                        let v =
-                            value.ok_or((ec::INVALID_REQUEST, format!("{name} needs a value")))?;
-                        let current = configs
-                            .get(&name)
-                            .cloned()
-                            .unwrap_or_else(|| (key.default)(&broker.log_defaults));
-                        let mut items: Vec<String> = current
-                            .split(',')
-                            .map(|s| s.trim().to_string())
-                            .filter(|s| !s.is_empty())
-                            .collect();
-                        for x in v.split(',').map(|s| s.trim().to_string()) {
-                            if c.config_operation == 2 && !items.contains(&x) {
-                                items.push(x);
-                            } else if c.config_operation == 3 {
-                                items.retain(|i| *i != x);
-                            }
-                        }
-                        configs.insert(name, items.join(","));
-                    }
-                    2 | 3 => {
-                        return Err((
-                            ec::INVALID_CONFIG,
-                            format!("{name} is not a list; APPEND/SUBTRACT do not apply"),
-                        ))
-                    }
-                    op => {
-                        return Err((ec::INVALID_REQUEST, format!("unknown config operation {op}")))
-                    }
-                }
-            }
             broker
-                .set_topic_configs(&topic, configs, req.validate_only)
+                .alter_topic_configs(
+                    &topic,
+                    |configs| {
+                        apply(broker, configs, &res.configs)
+                            .map_err(|(code, message)| TopicError::new(code, message))
+                    },
+                    req.validate_only,
+                )
                 .await
                 .map_err(|e| (e.code, e.message))
         }
@@ -93,4 +55,56 @@ pub(super) async fn handle(
         r.responses.push(out);
     }
     respond(h, &r)
+}
+
+/// Applies one resource's operations, in order, to a copy of its overrides.
+fn apply(
+    broker: &Broker,
+    configs: &mut BTreeMap<String, String>,
+    ops: &[AlterableConfig],
+) -> Result<(), (i16, String)> {
+    for c in ops {
+        let name = c.name.to_string();
+        let Some(key) = topic_config::key(&name) else {
+            return Err((ec::INVALID_CONFIG, format!("unknown topic config {name:?}")));
+        };
+        let value = c.value.as_ref().map(|v| v.to_string());
+        match c.config_operation {
+            0 => {
+                let v = value.ok_or((ec::INVALID_REQUEST, format!("SET {name} needs a value")))?;
+                configs.insert(name, v);
+            }
+            1 => {
+                configs.remove(&name);
+            }
+            2 | 3 if key.config_type == 7 => {
+                let v = value.ok_or((ec::INVALID_REQUEST, format!("{name} needs a value")))?;
+                let current = configs
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_else(|| (key.default)(&broker.log_defaults));
+                let mut items: Vec<String> = current
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                for x in v.split(',').map(|s| s.trim().to_string()) {
+                    if c.config_operation == 2 && !items.contains(&x) {
+                        items.push(x);
+                    } else if c.config_operation == 3 {
+                        items.retain(|i| *i != x);
+                    }
+                }
+                configs.insert(name, items.join(","));
+            }
+            2 | 3 => {
+                return Err((
+                    ec::INVALID_CONFIG,
+                    format!("{name} is not a list; APPEND/SUBTRACT do not apply"),
+                ))
+            }
+            op => return Err((ec::INVALID_REQUEST, format!("unknown config operation {op}"))),
+        }
+    }
+    Ok(())
 }
