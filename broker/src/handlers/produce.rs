@@ -28,8 +28,13 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
         } else {
             broker.topic(topic_data.name.0.as_str())
         };
-        let unknown =
-            if h.api_version >= 13 { ec::UNKNOWN_TOPIC_ID } else { ec::UNKNOWN_TOPIC_OR_PARTITION };
+        // An unknown topic id (v13+) is UNKNOWN_TOPIC_ID; a known topic without the partition,
+        // or an unknown name, UNKNOWN_TOPIC_OR_PARTITION (as Kafka, and as Fetch answers).
+        let unknown = if h.api_version >= 13 && topic.is_none() {
+            ec::UNKNOWN_TOPIC_ID
+        } else {
+            ec::UNKNOWN_TOPIC_OR_PARTITION
+        };
         let mut t = TopicProduceResponse::default();
         t.name = topic_data.name.clone();
         t.topic_id = topic_data.topic_id;
@@ -112,4 +117,68 @@ async fn finish(
         }
     }
     respond(h, &r)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Buf as _;
+    use clap::Parser;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::ApiKey;
+    use kafka_protocol::protocol::Decodable as _;
+
+    use super::*;
+    use crate::config::ServeArgs;
+    use crate::handlers::Chunk;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// v13 addresses topics by id: an unknown id is UNKNOWN_TOPIC_ID, but a known topic's
+    /// missing partition is UNKNOWN_TOPIC_OR_PARTITION, as in Kafka and as Fetch answers it.
+    #[tokio::test]
+    async fn v13_tells_an_unknown_topic_id_from_a_missing_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let args = Cli::parse_from(["millrace", "--data-dir", data, "--listen", "127.0.0.1:0"]);
+        let broker = Broker::open(args.serve).unwrap();
+        let t = broker.create_topic("t", 1, 1, BTreeMap::new(), false).await.unwrap();
+        let h = RequestHeaderInfo {
+            api_key: ApiKey::Produce,
+            api_version: 13,
+            correlation_id: 7,
+            client_id: None,
+            unsupported_api_versions: false,
+        };
+        let missing_partition = PartitionProduceData::default().with_index(5);
+        let req =
+            ProduceRequest::default().with_acks(1).with_timeout_ms(1000).with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_topic_id(t.id)
+                    .with_partition_data(vec![missing_partition.clone()]),
+                TopicProduceData::default()
+                    .with_topic_id(uuid::Uuid::new_v4())
+                    .with_partition_data(vec![missing_partition]),
+            ]);
+        let Some(chunks) = start(&broker, &h, req).await.unwrap() else {
+            panic!("acks=1 gets an answer")
+        };
+        let mut frame = bytes::BytesMut::new();
+        for c in chunks {
+            let Chunk::Mem(b) = c else { panic!("an in-memory answer") };
+            frame.extend_from_slice(&b);
+        }
+        let mut frame = frame.freeze();
+        frame.advance(4 + 4 + 1); // length, correlation id, header tags (flexible header v1)
+        let r = ProduceResponse::decode(&mut frame, 13).unwrap();
+        let codes: Vec<i16> =
+            r.responses.iter().map(|t| t.partition_responses[0].error_code).collect();
+        assert_eq!(codes, [ec::UNKNOWN_TOPIC_OR_PARTITION, ec::UNKNOWN_TOPIC_ID]);
+        broker.close();
+    }
 }
