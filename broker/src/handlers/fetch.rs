@@ -85,16 +85,15 @@ pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchReq
         &r,
         &shared,
     )?;
+    // The record chunks come out in response order, which is the order `read` took the slices
+    // in: one pass pairs them (a chunk that does not match goes out from memory, as it is).
+    let mut slices = slices.into_iter().peekable();
     Ok(Some(
         chunks
             .into_iter()
             .map(|c| {
-                let file = slices
-                    .iter()
-                    .find(|(b, _)| b.as_ptr() == c.as_ptr() && b.len() == c.len())
-                    .map(|(_, s)| s.clone());
-                match file {
-                    Some(slice) => Chunk::File { slice, bytes: c },
+                match slices.next_if(|(b, _)| b.as_ptr() == c.as_ptr() && b.len() == c.len()) {
+                    Some((_, slice)) => Chunk::File { slice, bytes: c },
                     None => Chunk::Mem(c),
                 }
             })
