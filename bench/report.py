@@ -272,7 +272,7 @@ def main():
       f"p99 {d256['p99']:.2f} ms, p99.9 {d256['p999']:.2f} ms. Small batches cost more CPU per GB "
       "(an fdatasync and a request round trip each): when client and broker together need more "
       "than the 2 cores, the client's queue grows and latency with it.\n")
-    w("## Consume (1 GB of 1 KiB records just produced, from the page cache; no group, all partitions assigned)\n")
+    w(f"## Consume ({cons['gb']:.1f} GB of 1 KiB records just produced, from the page cache; no group, all partitions assigned)\n")
     w(f"{cons['records_per_sec']:.0f} records/s, {cons['mb_per_sec']:.1f} MB/s "
       f"({cons['mb_per_sec'] / tcp['mb_per_sec']:.2f} of loopback TCP), first record after {cons['first_record_ms']:.0f} ms; "
       f"broker CPU {cpu_per_gb(cons):.3f} s/GB ({cpu_per_gb(cons) / consume_floor:.2f} × the floor).\n")
