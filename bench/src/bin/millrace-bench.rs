@@ -431,14 +431,29 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     let producer: BaseProducer<Ctx> = cfg.create_with_context(Ctx(stats))?;
     let total = a.rate * a.seconds;
     let interval_us = 1_000_000 / a.rate.max(1);
-    let start_us = now_us() + 200_000;
-    // Let the consumer's assignment settle before the first record.
-    let _ = c.poll(Duration::from_millis(200));
+    // Warm up before the clock starts: one record (id past the measured ones) produced,
+    // acknowledged and consumed, so that connection setup and the consumer's first fetches are
+    // not counted as the first records' latency.
+    let mut payload = vec![b'x'; a.record_size.max(16)];
+    payload[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+    send(&producer, &a.common.topic, &payload)?;
+    producer.flush(Duration::from_secs(10))?;
+    let warm_until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            if m.payload().is_some_and(|p| p.len() >= 16 && p[8..16] == u64::MAX.to_be_bytes()) {
+                break;
+            }
+        }
+        if Instant::now() >= warm_until {
+            return Err("the warm-up record was not consumed within 10 s".into());
+        }
+    }
+    let start_us = now_us();
     let mut hist = histogram();
     let mut seen: HashSet<u64> = HashSet::new();
     let mut next = 0u64;
     let deadline = Instant::now() + Duration::from_secs(a.seconds + 30);
-    let mut payload = vec![b'x'; a.record_size.max(16)];
     while (seen.len() as u64) < total && Instant::now() < deadline {
         // Send everything that is due; each record carries its scheduled send time.
         while next < total && start_us + next * interval_us <= now_us() {
@@ -453,7 +468,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
             if let Some(p) = m.payload().filter(|p| p.len() >= 16) {
                 let scheduled = u64::from_be_bytes(p[..8].try_into().unwrap_or([0; 8]));
                 let id = u64::from_be_bytes(p[8..16].try_into().unwrap_or([0; 8]));
-                if seen.insert(id) {
+                if id < total && seen.insert(id) {
                     hist.saturating_record(now_us().saturating_sub(scheduled).max(1));
                 }
             }
