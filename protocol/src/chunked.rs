@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::protocol::buf::ByteBufMut;
 
 /// Slices shorter than this are copied anyway (a separate chunk costs more than the copy).
-const ZERO_COPY_MIN: usize = 1024;
+pub const ZERO_COPY_MIN: usize = 1024;
 
 /// See the module comment.
 #[derive(Debug, Default)]

@@ -13,7 +13,7 @@ mod codec;
 pub mod records;
 mod versions;
 
-pub use chunked::ChunkedBuf;
+pub use chunked::{ChunkedBuf, ZERO_COPY_MIN};
 pub use codec::{
     decode_body, encode_response, encode_response_chunks, parse_header, response_header_version,
     DecodeError, RequestHeaderInfo, FRAME_LEN_PREFIX,

@@ -86,7 +86,8 @@ pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchReq
         &shared,
     )?;
     // The record chunks come out in response order, which is the order `read` took the slices
-    // in: one pass pairs them (a chunk that does not match goes out from memory, as it is).
+    // in (only those the encoder keeps as chunks): one pass pairs them. A chunk that does not
+    // match goes out from memory, as it is.
     let mut slices = slices.into_iter().peekable();
     Ok(Some(
         chunks
@@ -141,7 +142,11 @@ fn read(
                             if v >= 5 {
                                 pd.log_start_offset = res.log_start_offset;
                             }
-                            if let Some(slice) = res.file_slice.filter(|_| !res.records.is_empty())
+                            // Only record sets the encoder keeps as chunks of their own (smaller
+                            // ones are copied into the frame) can go out with sendfile.
+                            if let Some(slice) = res
+                                .file_slice
+                                .filter(|_| res.records.len() >= millrace_protocol::ZERO_COPY_MIN)
                             {
                                 slices.push((res.records.clone(), slice));
                             }
@@ -179,5 +184,70 @@ impl Future for AnyChanged {
             }
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::Parser;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::ApiKey;
+    use millrace_storage::batch::BatchBuilder;
+
+    use super::*;
+    use crate::config::ServeArgs;
+    use crate::handlers::topic_name;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// Every partition whose record set the encoder keeps as a chunk of its own goes out by
+    /// sendfile, also after partitions whose small record sets were copied into the frame.
+    #[tokio::test]
+    async fn large_record_sets_after_small_ones_still_go_out_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let args = Cli::parse_from(["millrace", "--data-dir", data, "--listen", "127.0.0.1:0"]);
+        let broker = Broker::open(args.serve).unwrap();
+        let t = broker.create_topic("t", 4, 1, BTreeMap::new(), false).await.unwrap();
+        // Partitions 0 and 2 get a small batch, 1 and 3 a large one.
+        for p in 0..4 {
+            let value = vec![b'v'; if p % 2 == 0 { 10 } else { 4000 }];
+            let batch = BatchBuilder::new().value(1, &value).build();
+            let log = t.partition(p).unwrap();
+            log.append_bytes(Bytes::from(batch), 1, 0).unwrap().durable.await.unwrap();
+        }
+        let h = RequestHeaderInfo {
+            api_key: ApiKey::Fetch,
+            api_version: 12,
+            correlation_id: 1,
+            client_id: None,
+            unsupported_api_versions: false,
+        };
+        let partitions = (0..4)
+            .map(|p| FetchPartition::default().with_partition(p).with_partition_max_bytes(1 << 20))
+            .collect();
+        let req =
+            FetchRequest::default()
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(topic_name("t"))
+                    .with_partitions(partitions)]);
+        let chunks = handle(&broker, &h, req).await.unwrap().unwrap();
+        let files: Vec<usize> = chunks
+            .iter()
+            .filter_map(|c| match c {
+                Chunk::File { bytes, .. } => Some(bytes.len()),
+                Chunk::Mem(_) => None,
+            })
+            .collect();
+        assert_eq!(files.len(), 2, "the two large record sets go out by sendfile: {files:?}");
+        assert!(files.iter().all(|&n| n > 4000));
+        broker.close();
     }
 }
