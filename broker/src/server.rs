@@ -39,6 +39,8 @@ const PREALLOC_MAX: usize = 2 << 20;
 /// requests in flight reads the next one into a buffer an answered request let go of, instead of
 /// allocating (and page-faulting in) a new one per request.
 const FRAME_POOL: usize = 2;
+/// A connection that sends nothing for this long lets go of its pooled frame buffers.
+const FRAME_POOL_IDLE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -150,6 +152,8 @@ async fn connection(
     let reason = tokio::select! {
         r = read_loop(&broker, &mut rd, &tx, &slots) => r,
         _ = stop.wait_for(|s| *s) => Ok(()),
+        // The writer stopped (a failed write or request): read nothing more.
+        _ = tx.closed() => Ok(()),
     };
     drop(tx); // the writer finishes what is queued, then closes
     if let Err(reason) = reason {
@@ -345,6 +349,12 @@ async fn read_loop(
     let max = broker.args.socket_request_max_bytes;
     let mut pool: Vec<Bytes> = Vec::with_capacity(FRAME_POOL);
     loop {
+        if !pool.is_empty() {
+            // `readable` is cancel-safe (no byte is taken); an idle connection keeps no buffers.
+            if tokio::time::timeout(FRAME_POOL_IDLE, rd.readable()).await.is_err() {
+                pool.clear();
+            }
+        }
         let mut len_buf = [0u8; FRAME_LEN_PREFIX];
         match rd.read_exact(&mut len_buf).await {
             Ok(_) => {}
@@ -386,6 +396,11 @@ async fn read_loop(
             )
         })?;
         let Ok(permit) = slots.clone().acquire_owned().await else { return Ok(()) };
+        if tx.is_closed() {
+            // The writer is gone (its permits came free when it stopped): a request started now
+            // (an append) would never be answered.
+            return Ok(());
+        }
         // In request order: appends and topic changes happen here, before the next request is
         // read. What may take a while (fsync waits, long polls) goes on in the writer.
         let rest = handlers::start(broker, &header, request).await;

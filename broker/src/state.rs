@@ -345,11 +345,14 @@ impl Broker {
     /// admin lock, so concurrent edits of one topic (of different keys) all take effect.
     pub(crate) async fn alter_topic_configs(
         &self,
-        topic: &Topic,
+        name: &str,
         edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), TopicError>,
         validate_only: bool,
     ) -> Result<(), TopicError> {
         let _admin = self.admin.lock().await;
+        // Looked up under the lock: a topic deleted (or deleted and created again) meanwhile is
+        // not edited behind its successor's back.
+        let topic = self.topic(name).ok_or_else(|| TopicError::unknown_topic(name))?;
         let mut configs = topic.configs.read().unwrap_or_else(|e| e.into_inner()).clone();
         edit(&mut configs)?;
         let config = topic_config::log_config(&self.log_defaults, &configs)

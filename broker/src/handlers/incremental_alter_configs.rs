@@ -29,15 +29,9 @@ pub(super) async fn handle(
             if res.resource_type != TOPIC {
                 return Err((ec::INVALID_REQUEST, "only topic configs can be altered".to_string()));
             }
-            let topic = broker.topic(res.resource_name.as_str()).ok_or_else(|| {
-                (
-                    ec::UNKNOWN_TOPIC_OR_PARTITION,
-                    format!("unknown topic {:?}", res.resource_name.as_str()),
-                )
-            })?;
             broker
                 .alter_topic_configs(
-                    &topic,
+                    res.resource_name.as_str(),
                     |configs| {
                         apply(broker, configs, &res.configs)
                             .map_err(|(code, message)| TopicError::new(code, message))

@@ -132,8 +132,15 @@ pub(crate) fn durable_pair() -> (Durable, Completer) {
 
 impl Completer {
     pub(crate) fn complete(self, result: std::result::Result<(), (PathBuf, String)>) {
+        self.set(result);
+    }
+
+    fn set(&self, result: std::result::Result<(), (PathBuf, String)>) {
         let waker = {
             let mut slot = self.inner.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.result.is_some() {
+                return;
+            }
             slot.result = Some(result);
             slot.waker.take()
         };
@@ -141,6 +148,14 @@ impl Completer {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+}
+
+impl Drop for Completer {
+    /// A completer dropped without an answer (a path that forgot it) fails its waiter rather
+    /// than leaving it waiting forever.
+    fn drop(&mut self) {
+        self.set(Err((PathBuf::new(), "the append was dropped before it completed".to_string())));
     }
 }
 
@@ -571,6 +586,8 @@ impl IoThread {
             health: health.clone(),
             sleeping: sleeping.clone(),
             logs: HashMap::new(),
+            idle: HashMap::new(),
+            idle_prune_at: 64,
             tags: HashMap::new(),
             next_tag: 1,
             shutdown: false,
@@ -720,7 +737,12 @@ struct Looper {
     rx: Receiver<Op>,
     health: Arc<DirHealth>,
     sleeping: Arc<AtomicBool>,
+    /// Logs with work pending (only these are looked at each round).
     logs: HashMap<u64, LogIo>,
+    /// Live logs with nothing pending, parked with their lists' memory for their next append.
+    idle: HashMap<u64, LogIo>,
+    /// `idle`'s size at which entries of logs that are gone are next pruned.
+    idle_prune_at: usize,
     /// The log of each fsync in flight, by tag.
     tags: HashMap<u64, u64>,
     next_tag: u64,
@@ -730,6 +752,14 @@ struct Looper {
 }
 
 impl LogIo {
+    /// Nothing pending: no waiter, no sync requested or running, nothing unsynced.
+    fn is_idle(&self) -> bool {
+        self.waiting.is_empty()
+            && self.requests.is_empty()
+            && self.sync.is_none()
+            && self.unsynced_records == 0
+    }
+
     /// Whether a group commit is due: an explicit sync is waiting, or the unsynced records
     /// reached `flush.messages` or are older than `flush.ms`.
     fn due(&self, now: Instant) -> bool {
@@ -744,17 +774,23 @@ impl LogIo {
     }
 }
 
-fn log_io<'a>(logs: &'a mut HashMap<u64, LogIo>, progress: &Arc<LogProgress>) -> &'a mut LogIo {
-    logs.entry(progress.id).or_insert_with(|| LogIo {
-        progress: progress.clone(),
-        waiting: Vec::new(),
-        requests: Vec::new(),
-        dirty: Vec::new(),
-        unsynced_records: 0,
-        first_unsynced: None,
-        sync: None,
-        spare_waiters: Vec::new(),
-        spare_files: Vec::new(),
+fn log_io<'a>(
+    logs: &'a mut HashMap<u64, LogIo>,
+    idle: &mut HashMap<u64, LogIo>,
+    progress: &Arc<LogProgress>,
+) -> &'a mut LogIo {
+    logs.entry(progress.id).or_insert_with(|| {
+        idle.remove(&progress.id).unwrap_or_else(|| LogIo {
+            progress: progress.clone(),
+            waiting: Vec::new(),
+            requests: Vec::new(),
+            dirty: Vec::new(),
+            unsynced_records: 0,
+            first_unsynced: None,
+            sync: None,
+            spare_waiters: Vec::new(),
+            spare_files: Vec::new(),
+        })
     })
 }
 
@@ -789,8 +825,16 @@ impl Looper {
             ids.clear();
             ids.extend(self.logs.keys().copied());
             let due = self.logs.values().filter(|l| l.sync.is_none() && l.due(now)).count();
-            let inline =
+            let mut inline =
                 due == 1 && self.engine.in_flight() == 0 && BURSTS.load(Ordering::Acquire) == 0;
+            if inline {
+                // An append that came in meanwhile would wait for the whole sync: write it
+                // now, and leave this round's sync to the ring.
+                if let Ok(op) = self.rx.try_recv() {
+                    self.handle(op, &mut iov);
+                    inline = false;
+                }
+            }
             for &id in &ids {
                 self.maybe_sync(id, now, inline);
             }
@@ -853,15 +897,7 @@ impl Looper {
                     self.handle(op, &mut iov);
                 }
             }
-            // Forget logs that are gone (only this map holds their progress) once nothing is
-            // pending; a live log keeps its entry and its lists' memory.
-            self.logs.retain(|_, l| {
-                Arc::strong_count(&l.progress) > 1
-                    || !(l.waiting.is_empty()
-                        && l.requests.is_empty()
-                        && l.sync.is_none()
-                        && l.unsynced_records == 0)
-            });
+            self.park_idle_logs();
         }
         // Resolve whatever is left so no waiter hangs.
         for (_, log) in self.logs.drain() {
@@ -874,6 +910,27 @@ impl Looper {
                     d.complete(closed());
                 }
             }
+        }
+    }
+
+    /// Moves logs with nothing pending out of the per-round map: a live one is parked in
+    /// `idle` with its lists' memory, one that is gone (only this thread holds its progress) is
+    /// forgotten. Parked logs that went away are pruned whenever `idle` has doubled.
+    fn park_idle_logs(&mut self) {
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.extend(self.logs.iter().filter(|(_, l)| l.is_idle()).map(|(id, _)| *id));
+        for id in &ids {
+            if let Some(l) = self.logs.remove(id) {
+                if Arc::strong_count(&l.progress) > 1 {
+                    self.idle.insert(*id, l);
+                }
+            }
+        }
+        self.ids = ids;
+        if self.idle.len() >= self.idle_prune_at {
+            self.idle.retain(|_, l| Arc::strong_count(&l.progress) > 1);
+            self.idle_prune_at = (2 * self.idle.len()).max(64);
         }
     }
 
@@ -914,7 +971,7 @@ impl Looper {
                 }
                 let result = write_all_at(&segment.file, &data, position, iov);
                 let len: usize = data.iter().map(|b| b.bytes().len()).sum();
-                let l = log_io(&mut self.logs, &log);
+                let l = log_io(&mut self.logs, &mut self.idle, &log);
                 match result {
                     Ok(()) => {
                         // Published to readers at once, in offset order (the channel's order).
@@ -954,7 +1011,7 @@ impl Looper {
                     }
                     return;
                 }
-                log_io(&mut self.logs, &log).requests.push((done, then));
+                log_io(&mut self.logs, &mut self.idle, &log).requests.push((done, then));
             }
             Op::Shutdown => self.shutdown = true,
         }
@@ -1068,5 +1125,21 @@ impl Looper {
         }
         l.spare_waiters = s.waiters;
         l.progress.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_completer_fails_its_waiter_and_an_answer_stands() {
+        let (durable, completer) = durable_pair();
+        drop(completer);
+        assert!(matches!(durable.wait(), Err(StorageError::LogDirFailed { .. })));
+
+        let (durable, completer) = durable_pair();
+        completer.complete(Ok(()));
+        assert!(durable.wait().is_ok(), "the drop after an answer changes nothing");
     }
 }
