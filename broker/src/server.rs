@@ -349,17 +349,32 @@ async fn read_loop(
     let max = broker.args.socket_request_max_bytes;
     let mut pool: Vec<Bytes> = Vec::with_capacity(FRAME_POOL);
     loop {
-        if !pool.is_empty() {
-            // `readable` is cancel-safe (no byte is taken); an idle connection keeps no buffers.
-            if tokio::time::timeout(FRAME_POOL_IDLE, rd.readable()).await.is_err() {
-                pool.clear();
-            }
-        }
         let mut len_buf = [0u8; FRAME_LEN_PREFIX];
-        match rd.read_exact(&mut len_buf).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(format!("read failed: {e}")),
+        let mut got = 0;
+        while got < FRAME_LEN_PREFIX {
+            let read = rd.read(&mut len_buf[got..]);
+            let n = if pool.is_empty() {
+                read.await
+            } else {
+                // A connection that stays idle lets go of its pooled buffers. `read` is
+                // cancel-safe: a timed-out one has taken no byte.
+                match tokio::time::timeout(FRAME_POOL_IDLE, read).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        tracing::trace!(
+                            buffers = pool.len(),
+                            "idle connection: frame buffers released"
+                        );
+                        pool.clear();
+                        continue;
+                    }
+                }
+            };
+            match n {
+                Ok(0) => return Ok(()), // the peer closed (a partial length counts as closed)
+                Ok(n) => got += n,
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
         }
         let len = i32::from_be_bytes(len_buf);
         if len < 0 || len as usize > max {
