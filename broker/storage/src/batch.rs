@@ -220,7 +220,22 @@ pub fn validate(buf: &[u8], max_message_bytes: usize) -> Result<SmallVec<[ValidB
 }
 
 /// Reads a zig-zag varint (Kafka's `varint`/`varlong`) at `*at`, at most 10 bytes.
+#[inline]
 pub(crate) fn read_varlong(b: &[u8], at: &mut usize) -> Option<i64> {
+    let zigzag = |v: u64| ((v >> 1) as i64) ^ -((v & 1) as i64);
+    // Most varints in a record (attributes aside: lengths, deltas, header count) take one or
+    // two bytes: decode those without the loop.
+    let b0 = *b.get(*at)?;
+    if b0 < 0x80 {
+        *at += 1;
+        return Some(zigzag(u64::from(b0)));
+    }
+    if let Some(&b1) = b.get(*at + 1) {
+        if b1 < 0x80 {
+            *at += 2;
+            return Some(zigzag(u64::from(b0 & 0x7f) | u64::from(b1) << 7));
+        }
+    }
     let mut value: u64 = 0;
     for i in 0..10 {
         let byte = *b.get(*at)?;
@@ -255,6 +270,7 @@ pub fn check_records(body: &[u8], count: i32) -> std::result::Result<(), String>
 }
 
 /// Parses one record at `*at` and moves past it.
+#[inline]
 fn record_at(body: &[u8], at: &mut usize) -> Option<RecordInfo> {
     let len = usize::try_from(read_varlong(body, at)?).ok()?;
     let end = at.checked_add(len).filter(|&e| e <= body.len())?;
@@ -620,13 +636,22 @@ mod tests {
 
     #[test]
     fn varlong_round_trip() {
-        for v in [0i64, 1, -1, 63, -64, 64, 300, -300, i64::MAX, i64::MIN] {
-            let mut out = Vec::new();
+        // One-byte, two-byte (the fast paths) and longer encodings, and their boundaries.
+        for v in
+            [0i64, 1, -1, 63, -64, 64, -65, 300, -300, 8191, -8192, 8192, -8193, i64::MAX, i64::MIN]
+        {
+            let mut out = vec![0x55]; // a byte before, so decoding starts mid-buffer
             put_varlong(&mut out, v);
-            let mut at = 0;
-            assert_eq!(read_varlong(&out, &mut at), Some(v));
-            assert_eq!(at, out.len());
+            let end = out.len();
+            out.push(0x7f); // and one after, which must not be taken
+            let mut at = 1;
+            assert_eq!(read_varlong(&out, &mut at), Some(v), "{v}");
+            assert_eq!(at, end, "{v}");
         }
         assert_eq!(read_varlong(&[0xff; 11], &mut 0), None);
+        // Cut short: a continuation byte with nothing after it.
+        assert_eq!(read_varlong(&[0x80], &mut 0), None);
+        assert_eq!(read_varlong(&[0x80, 0x80], &mut 0), None);
+        assert_eq!(read_varlong(&[], &mut 0), None);
     }
 }
