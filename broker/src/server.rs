@@ -1,24 +1,25 @@
-//! The network side: the accept loop, one task per connection, graceful shutdown.
+//! The network side: the accept loop, one reader and one writer task per connection, graceful
+//! shutdown.
 //!
 //! A connection's reader takes frames (4-byte length, then the request), checks the length
 //! against `socket.request.max.bytes` before reading the body (a buffer of up to 2 MiB is taken
-//! at once, a larger one grows only as bytes arrive), parses the header and starts a task per
-//! request. Responses go back in request order through a bounded queue
-//! (`requests_in_flight_max`): later requests are being worked on while an earlier one (an
-//! acks=all produce waiting for its fsync, a long-polling fetch) is still running. A frame that
-//! cannot be taken (bad length, unknown API key, unsupported version, malformed header or body)
-//! closes the connection after the responses before it, with one log line; other connections
-//! never notice.
+//! at once, a larger one grows only as bytes arrive; the last two are reused), parses the
+//! header and does the part of each request that must happen in order (appends, topic changes).
+//! The rest (an acks=all produce's wait for its fsync, a long-polling fetch) goes to the
+//! writer, which finishes the requests one at a time, oldest first, and writes the responses in
+//! request order; at most `requests_in_flight_max` requests are between the two. So pipelined
+//! produce requests are appended, and share group commits, while an earlier one still waits. A
+//! frame that cannot be taken (bad length, unknown API key, unsupported version, malformed
+//! header or body) closes the connection after the responses before it, with one log line;
+//! other connections never notice.
 
-use std::future::Future;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use futures_util::stream::{FuturesOrdered, StreamExt as _};
 use kafka_protocol::messages::ApiKey;
 use millrace_protocol::{parse_header, FRAME_LEN_PREFIX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::handlers::{self, Chunk, Deferred, Response};
+use crate::handlers::{self, Chunk, Deferred};
 use crate::state::Broker;
 
 /// Bytes read from a socket at a time while a frame body arrives.
@@ -170,34 +171,32 @@ async fn connection(
     }
 }
 
-/// Resolves to a request's answer, handing its `InFlight` back.
-struct Finish(Option<InFlight>);
-
-impl Future for Finish {
-    type Output = (Response, InFlight);
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // `None` only once it has finished; FuturesOrdered polls no finished future.
-        let Some(r) = self.0.as_mut() else { return Poll::Pending };
-        let response = std::task::ready!(r.rest.as_mut().poll(cx));
-        self.0.take().map_or(Poll::Pending, |r| Poll::Ready((response, r)))
-    }
-}
-
-/// The connection's writer: drives every request's remaining work (fsync waits, long polls)
-/// concurrently in this one task, and writes the responses in request order. A completion
-/// (an fsync, new data) wakes this task alone, which encodes and writes the answer; no task
-/// and channel per request.
+/// The connection's writer: finishes the requests in order, one at a time, and writes their
+/// responses. Only the oldest request's remaining work (an fsync wait, a long poll) is driven,
+/// as a Kafka broker handles a connection's requests one after another: a later answer could
+/// not go out before it anyway, and appends happened in the reader already. A completion (an
+/// fsync, new data) wakes this task alone; no task, channel or allocation per request.
 async fn respond(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<InFlight>,
 ) -> std::io::Result<()> {
-    let mut running: FuturesOrdered<Finish> = FuturesOrdered::new();
+    let mut queue: VecDeque<InFlight> = VecDeque::new();
+    let mut current: Option<InFlight> = None;
     let mut open = true;
-    while open || !running.is_empty() {
+    while open || current.is_some() || !queue.is_empty() {
+        if current.is_none() {
+            current = queue.pop_front();
+        }
+        let busy = current.is_some();
+        let oldest = std::future::poll_fn(|cx| match current.as_mut() {
+            Some(r) => r.rest.as_mut().poll(cx),
+            None => Poll::Pending,
+        });
         tokio::select! {
             biased;
-            Some((response, r)) = running.next(), if !running.is_empty() => {
-                let r: InFlight = r; // holds the in-flight slot until the answer is written
+            response = oldest, if busy => {
+                // Holds the in-flight slot until the answer is written.
+                let Some(r) = current.take() else { continue };
                 match response {
                     Ok(Some(chunks)) => write_chunks(&mut wr, &chunks).await?,
                     Ok(None) => {}
@@ -214,7 +213,7 @@ async fn respond(
                 }
             }
             next = rx.recv(), if open => match next {
-                Some(r) => running.push_back(Finish(Some(r))),
+                Some(r) => queue.push_back(r),
                 None => open = false,
             },
         }
@@ -373,6 +372,8 @@ async fn read_loop(
             match n {
                 Ok(0) => return Ok(()), // the peer closed (a partial length counts as closed)
                 Ok(n) => got += n,
+                // A client that closes with answers unread resets the connection: a close.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
                 Err(e) => return Err(format!("read failed: {e}")),
             }
         }

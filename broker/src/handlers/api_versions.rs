@@ -32,5 +32,5 @@ pub(super) fn handle(h: &RequestHeaderInfo, _req: ApiVersionsRequest) -> Respons
 /// client can retry with a version we speak.
 pub(super) fn unsupported(h: &RequestHeaderInfo) -> Response {
     encode_response(h.api_key, 0, h.correlation_id, &body(error_code::UNSUPPORTED_VERSION))
-        .map(|b| Some(vec![super::Chunk::Mem(b.freeze())]))
+        .map(|b| Some(smallvec::smallvec![super::Chunk::Mem(b.freeze())]))
 }

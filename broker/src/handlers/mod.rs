@@ -79,7 +79,10 @@ pub(crate) fn decode(h: &RequestHeaderInfo, mut body: Bytes) -> Result<Request, 
 
 /// A response frame as chunks to write in order (see `millrace_protocol::ChunkedBuf`), or
 /// `None` when the request gets no response.
-pub(crate) type Response = Result<Option<Vec<Chunk>>, String>;
+pub(crate) type Response = Result<Option<Chunks>, String>;
+
+/// A response frame's pieces; most responses are one piece (no allocation for the list).
+pub(crate) type Chunks = smallvec::SmallVec<[Chunk; 1]>;
 
 /// A piece of a response frame.
 #[derive(Debug)]
@@ -129,7 +132,7 @@ pub(crate) async fn start(
 /// Encodes `body` as the response to `h`.
 pub(crate) fn respond<T: Encodable>(h: &RequestHeaderInfo, body: &T) -> Response {
     encode_response(h.api_key, h.api_version, h.correlation_id, body)
-        .map(|b| Some(vec![Chunk::Mem(b.freeze())]))
+        .map(|b| Some(smallvec::smallvec![Chunk::Mem(b.freeze())]))
 }
 
 pub(crate) fn sb(s: impl Into<String>) -> StrBytes {

@@ -105,10 +105,12 @@ struct DurableSlot {
     waker: Option<Waker>,
 }
 
+/// Two slots, so that an append's two futures (written, durable) take one allocation.
 #[derive(Debug, Default)]
 struct DurableInner {
-    slot: Mutex<DurableSlot>,
-    ready: Condvar,
+    slots: [Mutex<DurableSlot>; 2],
+    /// One per slot (a condition variable is used with one mutex only).
+    ready: [Condvar; 2],
 }
 
 /// Resolves when an append is on disk (`Ok`) or can no longer get there (`Err`). Usable as a
@@ -117,34 +119,45 @@ struct DurableInner {
 #[derive(Debug)]
 pub struct Durable {
     inner: Arc<DurableInner>,
+    slot: usize,
 }
 
 /// The I/O thread's end of a [`Durable`].
 #[derive(Debug)]
 pub(crate) struct Completer {
     inner: Arc<DurableInner>,
+    slot: usize,
 }
 
 pub(crate) fn durable_pair() -> (Durable, Completer) {
     let inner = Arc::new(DurableInner::default());
-    (Durable { inner: inner.clone() }, Completer { inner })
+    (Durable { inner: inner.clone(), slot: 0 }, Completer { inner, slot: 0 })
+}
+
+/// Two independent pairs in one allocation.
+pub(crate) fn durable_pairs() -> ((Durable, Completer), (Durable, Completer)) {
+    let inner = Arc::new(DurableInner::default());
+    let pair =
+        |slot| (Durable { inner: inner.clone(), slot }, Completer { inner: inner.clone(), slot });
+    (pair(0), pair(1))
 }
 
 impl Completer {
     pub(crate) fn complete(self, result: std::result::Result<(), (PathBuf, String)>) {
-        self.set(result);
+        self.set(|| result);
     }
 
-    fn set(&self, result: std::result::Result<(), (PathBuf, String)>) {
+    /// Answers the waiter unless it has its answer already (`result` is only built then).
+    fn set(&self, result: impl FnOnce() -> std::result::Result<(), (PathBuf, String)>) {
         let waker = {
-            let mut slot = self.inner.slot.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = self.inner.slots[self.slot].lock().unwrap_or_else(|e| e.into_inner());
             if slot.result.is_some() {
                 return;
             }
-            slot.result = Some(result);
+            slot.result = Some(result());
             slot.waker.take()
         };
-        self.inner.ready.notify_all();
+        self.inner.ready[self.slot].notify_all();
         if let Some(w) = waker {
             w.wake();
         }
@@ -155,7 +168,9 @@ impl Drop for Completer {
     /// A completer dropped without an answer (a path that forgot it) fails its waiter rather
     /// than leaving it waiting forever.
     fn drop(&mut self) {
-        self.set(Err((PathBuf::new(), "the append was dropped before it completed".to_string())));
+        self.set(|| {
+            Err((PathBuf::new(), "the append was dropped before it completed".to_string()))
+        });
     }
 }
 
@@ -166,25 +181,25 @@ fn to_result(r: &std::result::Result<(), (PathBuf, String)>) -> Result<()> {
 impl Durable {
     /// Blocks the calling thread until the append is durable. Not for async contexts.
     pub fn wait(self) -> Result<()> {
-        let mut slot = self.inner.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.inner.slots[self.slot].lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = &slot.result {
                 return to_result(r);
             }
-            slot = self.inner.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+            slot = self.inner.ready[self.slot].wait(slot).unwrap_or_else(|e| e.into_inner());
         }
     }
 
     /// Whether it has resolved.
     pub fn is_done(&self) -> bool {
-        self.inner.slot.lock().unwrap_or_else(|e| e.into_inner()).result.is_some()
+        self.inner.slots[self.slot].lock().unwrap_or_else(|e| e.into_inner()).result.is_some()
     }
 }
 
 impl Future for Durable {
     type Output = Result<()>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let mut slot = self.inner.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.inner.slots[self.slot].lock().unwrap_or_else(|e| e.into_inner());
         match &slot.result {
             Some(r) => Poll::Ready(to_result(r)),
             None => {

@@ -352,8 +352,7 @@ impl Log {
         if let Some(data) = copy {
             chunks.push(io::Piece::Bytes(data.freeze()));
         }
-        let (durable, done) = io::durable_pair();
-        let (written, written_done) = io::durable_pair();
+        let ((durable, done), (written, written_done)) = io::durable_pairs();
         self.io.submit(Op::Append {
             log: self.progress.clone(),
             segment: active,
