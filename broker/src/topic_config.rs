@@ -104,4 +104,17 @@ mod tests {
             assert!(!(k.default)(&d).is_empty());
         }
     }
+
+    /// The table (what DescribeConfigs lists) and the parser (what CreateTopics and
+    /// IncrementalAlterConfigs accept) name the same keys: each key's default, set as an
+    /// override, is accepted and changes nothing.
+    #[test]
+    fn every_listed_key_accepts_its_own_default() {
+        let d = LogConfig::default();
+        for k in TOPIC_CONFIGS {
+            let o = BTreeMap::from([(k.name.to_string(), (k.default)(&d))]);
+            let c = log_config(&d, &o).unwrap_or_else(|e| panic!("{}: {e}", k.name));
+            assert_eq!(format!("{c:?}"), format!("{d:?}"), "{}", k.name);
+        }
+    }
 }
