@@ -298,11 +298,11 @@ def is_closed_by_peer(s: socket.socket, timeout: float = 5.0) -> bool:
 
 
 def fetch_request_v4(correlation_id: int, topic: str, partition: int, offset: int,
-                     max_bytes: int = 64 << 20, max_wait_ms: int = 0) -> bytes:
+                     max_bytes: int = 64 << 20, max_wait_ms: int = 0, min_bytes: int = 0) -> bytes:
     body = (
         i32(-1)  # replica_id
         + i32(max_wait_ms)
-        + i32(0)  # min_bytes
+        + i32(min_bytes)
         + i32(max_bytes)
         + i8(0)  # isolation_level
         + i32(1) + string(topic)

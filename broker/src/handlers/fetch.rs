@@ -16,62 +16,133 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
 use millrace_storage::{DataChanged, FileSlice, Log};
 
-use super::{Chunk, Response};
+use super::{Chunk, Deferred, Response};
 use crate::state::Broker;
 
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 
-pub(super) async fn handle(broker: &Broker, h: &RequestHeaderInfo, req: FetchRequest) -> Response {
-    let v = h.api_version;
-    let mut r = FetchResponse::default();
+/// Starts a Fetch: the partitions are looked up and read now, in request order (a fetch sees
+/// the effects of the requests before it and none after, as with Kafka); only when that first
+/// read cannot answer (fewer than `min_bytes` within `max_wait_ms`) is the rest, the long poll,
+/// left to the returned future.
+pub(super) fn start(broker: &Arc<Broker>, h: &RequestHeaderInfo, req: FetchRequest) -> Deferred {
+    let ready = |r: Response| -> Deferred { Box::pin(std::future::ready(r)) };
     if req.session_id != 0 {
+        let mut r = FetchResponse::default();
         r.error_code = FETCH_SESSION_ID_NOT_FOUND;
-        return super::respond(h, &r);
+        return ready(super::respond(h, &r));
     }
-    // Resolve the partitions once.
-    let mut wanted: Vec<Vec<Option<Arc<Log>>>> = Vec::new();
-    let mut unknown_code = Vec::new();
-    for t in &req.topics {
-        let topic =
-            if v >= 13 { broker.topic_by_id(t.topic_id) } else { broker.topic(t.topic.0.as_str()) };
-        unknown_code.push(if v >= 13 && topic.is_none() {
-            ec::UNKNOWN_TOPIC_ID
-        } else {
-            ec::UNKNOWN_TOPIC_OR_PARTITION
-        });
-        wanted.push(
-            t.partitions
-                .iter()
-                .map(|p| topic.as_ref().and_then(|t| t.partition(p.partition)))
-                .collect(),
-        );
+    let mut fetch = Fetch::new(broker, h.clone(), req);
+    match fetch.attempt() {
+        Attempt::Answer(r) => ready(r),
+        Attempt::Wait(versions) => Box::pin(async move { fetch.long_poll(versions).await }),
     }
-    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
-    let max_bytes = if req.max_bytes <= 0 { i32::MAX } else { req.max_bytes } as usize;
-    let min_bytes = req.min_bytes.max(0) as usize;
-    let mut shutdown = broker.shutdown.subscribe();
-    let mut slices: Vec<(Bytes, FileSlice)> = Vec::new();
-    loop {
-        slices.clear();
+}
+
+/// A Fetch being answered.
+struct Fetch {
+    h: RequestHeaderInfo,
+    req: FetchRequest,
+    /// The requested partitions' logs, by topic (`None`: unknown), resolved once.
+    wanted: Vec<Vec<Option<Arc<Log>>>>,
+    unknown_code: Vec<i16>,
+    deadline: Instant,
+    max_bytes: usize,
+    min_bytes: usize,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+enum Attempt {
+    Answer(Response),
+    /// Not enough data yet: wait for any of these logs to change (from the versions seen).
+    Wait(Vec<(Arc<Log>, u64)>),
+}
+
+impl Fetch {
+    fn new(broker: &Arc<Broker>, h: RequestHeaderInfo, req: FetchRequest) -> Fetch {
+        let v = h.api_version;
+        let mut wanted: Vec<Vec<Option<Arc<Log>>>> = Vec::new();
+        let mut unknown_code = Vec::new();
+        for t in &req.topics {
+            let topic = if v >= 13 {
+                broker.topic_by_id(t.topic_id)
+            } else {
+                broker.topic(t.topic.0.as_str())
+            };
+            unknown_code.push(if v >= 13 && topic.is_none() {
+                ec::UNKNOWN_TOPIC_ID
+            } else {
+                ec::UNKNOWN_TOPIC_OR_PARTITION
+            });
+            wanted.push(
+                t.partitions
+                    .iter()
+                    .map(|p| topic.as_ref().and_then(|t| t.partition(p.partition)))
+                    .collect(),
+            );
+        }
+        let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+        let max_bytes = if req.max_bytes <= 0 { i32::MAX } else { req.max_bytes } as usize;
+        let min_bytes = req.min_bytes.max(0) as usize;
+        let shutdown = broker.shutdown.subscribe();
+        Fetch { h, req, wanted, unknown_code, deadline, max_bytes, min_bytes, shutdown }
+    }
+
+    /// Reads every requested partition; answers if that is enough (or time is up, or an error,
+    /// or shutdown), else says what to wait for.
+    fn attempt(&mut self) -> Attempt {
+        let mut slices: Vec<(Bytes, FileSlice)> = Vec::new();
+        // The versions are taken before the read: a change after them wakes the wait.
         let versions: Vec<(Arc<Log>, u64)> =
-            wanted.iter().flatten().flatten().map(|l| (l.clone(), l.data_version())).collect();
-        let (responses, total, any_error) =
-            read(v, &mut slices, &req, &wanted, &unknown_code, max_bytes);
-        let now = Instant::now();
-        let stopping = *shutdown.borrow_and_update();
-        if total >= min_bytes || any_error || now >= deadline || versions.is_empty() || stopping {
-            r.responses = responses;
-            break;
+            self.wanted.iter().flatten().flatten().map(|l| (l.clone(), l.data_version())).collect();
+        let (responses, total, any_error) = read(
+            self.h.api_version,
+            &mut slices,
+            &self.req,
+            &self.wanted,
+            &self.unknown_code,
+            self.max_bytes,
+        );
+        let stopping = *self.shutdown.borrow_and_update();
+        if total >= self.min_bytes
+            || any_error
+            || Instant::now() >= self.deadline
+            || versions.is_empty()
+            || stopping
+        {
+            return Attempt::Answer(answer(&self.h, responses, slices));
         }
-        let changed = AnyChanged(versions.iter().map(|(l, seen)| l.data_changed(*seen)).collect());
-        tokio::select! {
-            _ = tokio::time::timeout(deadline - now, changed) => {}
-            _ = shutdown.changed() => {}
+        Attempt::Wait(versions)
+    }
+
+    /// Waits for new data (or the deadline, or shutdown) and reads again, until it can answer.
+    async fn long_poll(mut self, mut versions: Vec<(Arc<Log>, u64)>) -> Response {
+        loop {
+            let now = Instant::now();
+            let changed =
+                AnyChanged(versions.iter().map(|(l, seen)| l.data_changed(*seen)).collect());
+            tokio::select! {
+                _ = tokio::time::timeout(self.deadline.saturating_duration_since(now), changed) => {}
+                _ = self.shutdown.changed() => {}
+            }
+            match self.attempt() {
+                Attempt::Answer(r) => return r,
+                Attempt::Wait(v) => versions = v,
+            }
         }
     }
+}
+
+/// Encodes the answer: the fetched batches go out as references to the segment memory, not
+/// copies, and are sent from the segment files directly where the socket allows it.
+fn answer(
+    h: &RequestHeaderInfo,
+    responses: Vec<FetchableTopicResponse>,
+    slices: Vec<(Bytes, FileSlice)>,
+) -> Response {
+    let mut r = FetchResponse::default();
     r.session_id = 0;
-    // The fetched batches go out as references to the segment memory, not copies, and are
-    // sent from the segment files directly where the socket allows it.
+    r.responses = responses;
     let shared: Vec<Bytes> = r
         .responses
         .iter()
@@ -213,7 +284,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().to_str().unwrap();
         let args = Cli::parse_from(["millrace", "--data-dir", data, "--listen", "127.0.0.1:0"]);
-        let broker = Broker::open(args.serve).unwrap();
+        let broker = Arc::new(Broker::open(args.serve).unwrap());
         let t = broker.create_topic("t", 4, 1, BTreeMap::new(), false).await.unwrap();
         // Partitions 0 and 2 get a small batch, 1 and 3 a large one.
         for p in 0..4 {
@@ -238,7 +309,7 @@ mod tests {
                 .with_topics(vec![FetchTopic::default()
                     .with_topic(topic_name("t"))
                     .with_partitions(partitions)]);
-        let chunks = handle(&broker, &h, req).await.unwrap().unwrap();
+        let chunks = start(&broker, &h, req).await.unwrap().unwrap();
         let files: Vec<usize> = chunks
             .iter()
             .filter_map(|c| match c {

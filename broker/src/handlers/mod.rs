@@ -94,8 +94,9 @@ pub(crate) enum Chunk {
     File { slice: millrace_storage::FileSlice, bytes: Bytes },
 }
 
-/// The part of a request that may finish later, concurrently with the connection's next
-/// requests (a durability wait, a long poll). Its response still goes out in request order.
+/// The part of a request that may finish later (a durability wait, a long poll). The
+/// connection's writer finishes these one at a time, in request order, while the reader goes on
+/// with the order-sensitive part of the next requests.
 pub(crate) type Deferred = Pin<Box<dyn Future<Output = Response> + Send>>;
 
 /// Starts answering a decoded request. Everything that must happen in request order (appends,
@@ -111,10 +112,7 @@ pub(crate) async fn start(
         Request::UnsupportedApiVersions => done(api_versions::unsupported(h)),
         Request::Metadata(r) => done(metadata::handle(broker, h, r).await),
         Request::Produce(r) => produce::start(broker, h, r),
-        Request::Fetch(r) => {
-            let (broker, h) = (broker.clone(), h.clone());
-            Box::pin(async move { fetch::handle(&broker, &h, r).await })
-        }
+        Request::Fetch(r) => fetch::start(broker, h, r),
         Request::ListOffsets(r) => done(list_offsets::handle(broker, h, r)),
         Request::CreateTopics(r) => done(create_topics::handle(broker, h, r).await),
         Request::DeleteTopics(r) => done(delete_topics::handle(broker, h, r).await),

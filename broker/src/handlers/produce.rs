@@ -1,7 +1,9 @@
 //! Produce (key 0): appends each partition's record set to its log. acks=0 gets no response,
 //! acks=1 is answered once the batches are written to the segment file (in the page cache, so
 //! they survive a crash of the broker process, as with Kafka), acks=-1 (all) once they are
-//! fsynced (the log's group commit); neither wait holds up the connection's other requests.
+//! fsynced (the log's group commit); neither wait holds up the appends of the connection's
+//! later requests (their answers follow in order). `timeout_ms` is one deadline for the whole
+//! request, counted from its arrival.
 
 use std::time::Duration;
 
@@ -87,9 +89,12 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
         // Durability still happens; the client asked for no answer.
         return Box::pin(std::future::ready(Ok(None)));
     }
-    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    // One deadline for the whole request, from its arrival (as Kafka's timeout_ms), however
+    // long it waits behind earlier requests and however many partitions it has.
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.max(0) as u64);
     let h = h.clone();
-    Box::pin(async move { finish(&h, r, waits, timeout).await })
+    Box::pin(async move { finish(&h, r, waits, deadline).await })
 }
 
 /// What a response waits for, by topic and partition index (no allocation for up to four).
@@ -99,11 +104,11 @@ async fn finish(
     h: &RequestHeaderInfo,
     mut r: ProduceResponse,
     waits: Waits,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 ) -> Response {
     for (ti, pi, durable) in waits {
         let p = &mut r.responses[ti].partition_responses[pi];
-        match tokio::time::timeout(timeout, durable).await {
+        match tokio::time::timeout_at(deadline, durable).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 p.error_code = e.kafka_error_code();
