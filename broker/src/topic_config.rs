@@ -51,6 +51,10 @@ pub(crate) fn log_config(
 ) -> Result<LogConfig, String> {
     let mut c = defaults.clone();
     for (name, v) in overrides {
+        // The table decides which keys exist (what DescribeConfigs lists is what is accepted).
+        if key(name).is_none() {
+            return Err(format!("unknown topic config {name:?}"));
+        }
         match name.as_str() {
             "cleanup.policy" => {
                 for p in v.split(',') {
@@ -106,8 +110,9 @@ mod tests {
     }
 
     /// The table (what DescribeConfigs lists) and the parser (what CreateTopics and
-    /// IncrementalAlterConfigs accept) name the same keys: each key's default, set as an
-    /// override, is accepted and changes nothing.
+    /// IncrementalAlterConfigs accept) name the same keys: `log_config` refuses names outside
+    /// the table, and here each listed key's default, set as an override, is accepted and
+    /// changes nothing.
     #[test]
     fn every_listed_key_accepts_its_own_default() {
         let d = LogConfig::default();
