@@ -7,8 +7,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::versions::supported_range;
@@ -125,15 +126,9 @@ pub fn encode_response<T: Encodable>(
     correlation_id: i32,
     body: &T,
 ) -> Result<BytesMut, String> {
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let header_version = response_header_version(api_key, version);
-    let size = header.compute_size(header_version).map_err(|e| e.to_string())?
-        + body.compute_size(version).map_err(|e| e.to_string())?;
+    let (header, header_version, size) = response_frame(api_key, version, correlation_id, body)?;
     let mut out = BytesMut::with_capacity(FRAME_LEN_PREFIX + size);
-    out.put_i32(size as i32);
-    header.encode(&mut out, header_version).map_err(|e| e.to_string())?;
-    body.encode(&mut out, version).map_err(|e| e.to_string())?;
-    debug_assert_eq!(out.len(), FRAME_LEN_PREFIX + size);
+    write_frame(&mut out, &header, header_version, size, body, version)?;
     Ok(out)
 }
 
@@ -146,21 +141,48 @@ pub fn encode_response_chunks<T: Encodable>(
     body: &T,
     shared: &[Bytes],
 ) -> Result<Vec<Bytes>, String> {
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let header_version = response_header_version(api_key, version);
-    let size = header.compute_size(header_version).map_err(|e| e.to_string())?
-        + body.compute_size(version).map_err(|e| e.to_string())?;
+    let (header, header_version, size) = response_frame(api_key, version, correlation_id, body)?;
     let mut out = crate::ChunkedBuf::new();
     for b in shared {
         out.share(b);
     }
-    out.put_i32(size as i32);
-    header.encode(&mut out, header_version).map_err(|e| e.to_string())?;
-    body.encode(&mut out, version).map_err(|e| e.to_string())?;
-    if out.len() != FRAME_LEN_PREFIX + size {
-        return Err(format!("encoded {} bytes, computed {}", out.len(), FRAME_LEN_PREFIX + size));
-    }
+    write_frame(&mut out, &header, header_version, size, body, version)?;
     Ok(out.into_chunks())
+}
+
+/// A response's header, its header version, and the frame size after the length prefix.
+fn response_frame<T: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<(ResponseHeader, i16, usize), String> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = response_header_version(api_key, version);
+    let size = header.compute_size(header_version).map_err(|e| e.to_string())?
+        + body.compute_size(version).map_err(|e| e.to_string())?;
+    Ok((header, header_version, size))
+}
+
+/// Writes the length prefix, the header and the body, and checks that the size computed
+/// beforehand is what was written.
+fn write_frame<B: ByteBufMut, T: Encodable>(
+    out: &mut B,
+    header: &ResponseHeader,
+    header_version: i16,
+    size: usize,
+    body: &T,
+    version: i16,
+) -> Result<(), String> {
+    let before = ByteBufMut::offset(out);
+    out.put_i32(size as i32);
+    header.encode(out, header_version).map_err(|e| e.to_string())?;
+    body.encode(out, version).map_err(|e| e.to_string())?;
+    let written = ByteBufMut::offset(out) - before;
+    if written != FRAME_LEN_PREFIX + size {
+        return Err(format!("encoded {written} bytes, computed {}", FRAME_LEN_PREFIX + size));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
