@@ -262,29 +262,20 @@ impl Future for AnyChanged {
 mod tests {
     use std::collections::BTreeMap;
 
-    use clap::Parser;
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::ApiKey;
     use millrace_storage::batch::BatchBuilder;
 
     use super::*;
-    use crate::config::ServeArgs;
+    use crate::handlers::testing;
     use crate::handlers::topic_name;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
 
     /// Every partition whose record set the encoder keeps as a chunk of its own goes out by
     /// sendfile, also after partitions whose small record sets were copied into the frame.
     #[tokio::test]
     async fn large_record_sets_after_small_ones_still_go_out_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().to_str().unwrap();
-        let args = Cli::parse_from(["millrace", "--data-dir", data, "--listen", "127.0.0.1:0"]);
-        let broker = Arc::new(Broker::open(args.serve).unwrap());
+        let broker = testing::broker(&dir);
         let t = broker.create_topic("t", 4, 1, BTreeMap::new(), false).await.unwrap();
         // Partitions 0 and 2 get a small batch, 1 and 3 a large one.
         for p in 0..4 {
@@ -293,13 +284,7 @@ mod tests {
             let log = t.partition(p).unwrap();
             log.append_bytes(Bytes::from(batch), 1, 0).unwrap().durable.await.unwrap();
         }
-        let h = RequestHeaderInfo {
-            api_key: ApiKey::Fetch,
-            api_version: 12,
-            correlation_id: 1,
-            client_id: None,
-            unsupported_api_versions: false,
-        };
+        let h = testing::header(ApiKey::Fetch, 12);
         let partitions = (0..4)
             .map(|p| FetchPartition::default().with_partition(p).with_partition_max_bytes(1 << 20))
             .collect();

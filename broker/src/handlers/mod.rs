@@ -140,3 +140,40 @@ pub(crate) fn sb(s: impl Into<String>) -> StrBytes {
 pub(crate) fn topic_name(s: &str) -> TopicName {
     TopicName(sb(s))
 }
+
+/// What the handlers' unit tests share: a broker on a temporary data directory, and a request
+/// header.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use clap::Parser;
+    use kafka_protocol::messages::ApiKey;
+    use millrace_protocol::RequestHeaderInfo;
+
+    use crate::config::ServeArgs;
+    use crate::state::Broker;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// A broker with default settings on `dir` (not serving: handlers are called directly).
+    pub(crate) fn broker(dir: &tempfile::TempDir) -> Arc<Broker> {
+        let data = dir.path().to_str().unwrap_or_else(|| panic!("a UTF-8 temporary directory"));
+        let args = Cli::parse_from(["millrace", "--data-dir", data, "--listen", "127.0.0.1:0"]);
+        Arc::new(Broker::open(args.serve).unwrap_or_else(|e| panic!("broker opens: {e}")))
+    }
+
+    pub(crate) fn header(api_key: ApiKey, api_version: i16) -> RequestHeaderInfo {
+        RequestHeaderInfo {
+            api_key,
+            api_version,
+            correlation_id: 7,
+            client_id: None,
+            unsupported_api_versions: false,
+        }
+    }
+}

@@ -129,37 +129,22 @@ mod tests {
     use std::collections::BTreeMap;
 
     use bytes::Buf as _;
-    use clap::Parser;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::ApiKey;
     use kafka_protocol::protocol::Decodable as _;
 
     use super::*;
-    use crate::config::ServeArgs;
+    use crate::handlers::testing;
     use crate::handlers::Chunk;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
 
     /// v13 addresses topics by id: an unknown id is UNKNOWN_TOPIC_ID, but a known topic's
     /// missing partition is UNKNOWN_TOPIC_OR_PARTITION, as in Kafka and as Fetch answers it.
     #[tokio::test]
     async fn v13_tells_an_unknown_topic_id_from_a_missing_partition() {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().to_str().unwrap();
-        let args = Cli::parse_from(["millrace", "--data-dir", data, "--listen", "127.0.0.1:0"]);
-        let broker = Broker::open(args.serve).unwrap();
+        let broker = testing::broker(&dir);
         let t = broker.create_topic("t", 1, 1, BTreeMap::new(), false).await.unwrap();
-        let h = RequestHeaderInfo {
-            api_key: ApiKey::Produce,
-            api_version: 13,
-            correlation_id: 7,
-            client_id: None,
-            unsupported_api_versions: false,
-        };
+        let h = testing::header(ApiKey::Produce, 13);
         let missing_partition = PartitionProduceData::default().with_index(5);
         let req =
             ProduceRequest::default().with_acks(1).with_timeout_ms(1000).with_topic_data(vec![

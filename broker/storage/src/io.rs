@@ -411,12 +411,20 @@ fn errno_of(e: &std::io::Error) -> i32 {
     -e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// `fdatasync(fd)` on the calling thread, as a completion result (`0` or `-errno`).
+fn fdatasync_now(fd: RawFd) -> i32 {
+    // SAFETY: plain system call on a descriptor the caller keeps open.
+    let rc = unsafe { libc::fdatasync(fd) };
+    if rc < 0 {
+        errno_of(&std::io::Error::last_os_error())
+    } else {
+        0
+    }
+}
+
 impl Engine for Portable {
     fn fsync(&mut self, tag: u64, fd: RawFd) {
-        // SAFETY: plain system call on a descriptor the caller keeps open.
-        let rc = unsafe { libc::fdatasync(fd) };
-        let res = if rc < 0 { errno_of(&std::io::Error::last_os_error()) } else { 0 };
-        self.done.push((tag, res));
+        self.done.push((tag, fdatasync_now(fd)));
     }
     fn in_flight(&self) -> usize {
         self.done.len()
@@ -661,7 +669,7 @@ impl Drop for IoThread {
 type SyncRequest = (Option<Completer>, Option<AfterSync>);
 
 /// Writes `chunks`, in order, at `offset` of `file` with `pwritev` (continuing short writes,
-/// retrying on EINTR). Buffered writes are done here, on the I/O thread: ext4 cannot take them
+/// retrying on EINTR); returns how many bytes that was. Buffered writes are done here, on the I/O thread: ext4 cannot take them
 /// without possibly blocking, so io_uring would hand every one to an io-wq worker thread, and
 /// on these machines the wake-ups and context switches of that hand-off cost more CPU than the
 /// copy into the page cache itself (docs/design/storage.md, "Write path").
@@ -670,7 +678,7 @@ fn write_all_at(
     chunks: &[Piece],
     offset: u64,
     iov: &mut Vec<libc::iovec>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<usize, String> {
     let len: usize = chunks.iter().map(|c| c.bytes().len()).sum();
     let mut written = 0;
     while written < len {
@@ -695,7 +703,7 @@ fn write_all_at(
             }
         }
     }
-    Ok(())
+    Ok(len)
 }
 
 /// Fills `v` with iovecs covering `chunks` after the first `skip` bytes (at most `IOV_MAX` of
@@ -767,12 +775,14 @@ struct Looper {
 }
 
 impl LogIo {
-    /// Nothing pending: no waiter, no sync requested or running, nothing unsynced.
+    /// No waiter, and no sync requested or running.
+    fn nothing_waits(&self) -> bool {
+        self.waiting.is_empty() && self.requests.is_empty() && self.sync.is_none()
+    }
+
+    /// Nothing pending: nothing waits and nothing is unsynced.
     fn is_idle(&self) -> bool {
-        self.waiting.is_empty()
-            && self.requests.is_empty()
-            && self.sync.is_none()
-            && self.unsynced_records == 0
+        self.nothing_waits() && self.unsynced_records == 0
     }
 
     /// Whether a group commit is due: an explicit sync is waiting, or the unsynced records
@@ -950,11 +960,7 @@ impl Looper {
     }
 
     fn idle(&self) -> bool {
-        self.engine.in_flight() == 0
-            && self
-                .logs
-                .values()
-                .all(|l| l.waiting.is_empty() && l.requests.is_empty() && l.sync.is_none())
+        self.engine.in_flight() == 0 && self.logs.values().all(LogIo::nothing_waits)
     }
 
     /// The earliest `flush.ms` deadline of a log with unsynced data.
@@ -985,10 +991,9 @@ impl Looper {
                     return;
                 }
                 let result = write_all_at(&segment.file, &data, position, iov);
-                let len: usize = data.iter().map(|b| b.bytes().len()).sum();
                 let l = log_io(&mut self.logs, &mut self.idle, &log);
                 match result {
-                    Ok(()) => {
+                    Ok(len) => {
                         // Published to readers at once, in offset order (the channel's order).
                         segment.publish(position + len as u64);
                         l.progress.written_end.store(end_offset, Ordering::Release);
@@ -1084,10 +1089,8 @@ impl Looper {
             return;
         }
         if let Some(fd) = lone {
-            // SAFETY: plain system call on a descriptor held open by the sync group.
-            let rc = unsafe { libc::fdatasync(fd) };
-            let res = if rc < 0 { errno_of(&std::io::Error::last_os_error()) } else { 0 };
-            self.sync_completed(id, res);
+            // The sync group holds the file open.
+            self.sync_completed(id, fdatasync_now(fd));
             return;
         }
         for i in 0..n {
@@ -1121,25 +1124,23 @@ impl Looper {
         if let Some(e) = s.error {
             self.health.fail(format!("fdatasync failed: {e}"));
         }
-        if self.health.is_failed() {
-            for w in s.waiters.drain(..) {
-                w.complete(Err(self.health.failure()));
-            }
-            l.spare_waiters = s.waiters;
-            return;
-        }
-        l.progress.durable_end.fetch_max(s.covers, Ordering::AcqRel);
-        // Callbacks first: a waiter released here may rely on them having run.
-        for f in s.after {
-            if let Err(e) = f() {
-                self.health.fail(format!("checkpoint write failed: {e}"));
+        let synced = !self.health.is_failed();
+        if synced {
+            l.progress.durable_end.fetch_max(s.covers, Ordering::AcqRel);
+            // Callbacks first: a waiter released here may rely on them having run.
+            for f in s.after {
+                if let Err(e) = f() {
+                    self.health.fail(format!("checkpoint write failed: {e}"));
+                }
             }
         }
         for w in s.waiters.drain(..) {
-            w.complete(Ok(()));
+            w.complete(if synced { Ok(()) } else { Err(self.health.failure()) });
         }
         l.spare_waiters = s.waiters;
-        l.progress.notify();
+        if synced {
+            l.progress.notify();
+        }
     }
 }
 
