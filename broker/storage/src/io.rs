@@ -12,6 +12,10 @@
 //! completions or by an eventfd that [`IoThread::submit`] writes when it sleeps; the portable
 //! engine runs each operation in turn.
 //!
+//! Beside it runs the directory's background thread, for work that would otherwise hold up
+//! appends or syncs: sealing a rolled segment and then checkpointing the recovery point
+//! ([`IoThread::background`]). Its jobs run in order and may wait for the I/O thread.
+//!
 //! Any write or sync error marks the whole directory failed (as Kafka takes a log directory
 //! offline): the failed log is cut back to what was published before, every pending future
 //! resolves with [`StorageError::LogDirFailed`], and later appends are refused until restart.
@@ -324,9 +328,8 @@ impl Future for DataChanged {
     }
 }
 
-/// A callback the I/O thread runs in order with the appends before it, after syncing the log
-/// (used to advance the recovery point once a rolled segment is on disk).
-pub(crate) type AfterSync = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
+/// Work for a directory's background thread (see [`IoThread::background`]).
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 /// A piece of an append: a batch's first bytes with its offset and epoch assigned (kept inline:
 /// no allocation per batch), or a slice of the request's own buffer.
@@ -363,11 +366,10 @@ pub(crate) enum Op {
         /// Resolves once they are on disk.
         done: Completer,
     },
-    /// Sync everything written so far for `log`, then run `then`.
+    /// Sync everything written so far for `log`.
     Sync {
         log: Arc<LogProgress>,
         done: Option<Completer>,
-        then: Option<AfterSync>,
     },
     Shutdown,
 }
@@ -556,17 +558,47 @@ impl Engine for Uring {
 // ---------------------------------------------------------------------------------------------
 // The thread.
 
-/// A log directory's I/O thread. Dropping it finishes queued work and joins the thread.
+/// A log directory's I/O thread, and its background thread for the work that must not hold up
+/// appends or syncs (sealing a rolled segment: see `Log::roll`). Dropping it finishes the
+/// queued background work, then the queued I/O, and joins both threads.
 #[derive(Debug)]
 pub struct IoThread {
-    tx: SyncSender<Op>,
+    submitter: Submitter,
     health: Arc<DirHealth>,
     kind: IoEngineKind,
+    join: Mutex<Option<JoinHandle<()>>>,
+    background: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
+    next_log_id: AtomicU64,
+}
+
+/// Sends operations to the I/O thread (waking it when it sleeps on io_uring completions).
+#[derive(Debug, Clone)]
+pub(crate) struct Submitter {
+    tx: SyncSender<Op>,
     /// Set while the thread waits on io_uring completions: a submitter then writes `wake_fd`.
     sleeping: Arc<AtomicBool>,
     wake_fd: Option<Arc<OwnedFd>>,
-    join: Mutex<Option<JoinHandle<()>>>,
-    next_log_id: AtomicU64,
+}
+
+impl Submitter {
+    pub(crate) fn submit(&self, op: Op) -> Result<()> {
+        self.tx.send(op).map_err(|_| StorageError::Closed)?;
+        if let Some(fd) = &self.wake_fd {
+            if self.sleeping.load(Ordering::SeqCst) {
+                let one = 1u64.to_ne_bytes();
+                // SAFETY: writing 8 bytes from a valid buffer to an eventfd we own.
+                unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until everything `log` appended before this call is on disk.
+    pub(crate) fn sync_and_wait(&self, log: &Arc<LogProgress>) -> Result<()> {
+        let (durable, done) = durable_pair();
+        self.submit(Op::Sync { log: log.clone(), done: Some(done) })?;
+        durable.wait()
+    }
 }
 
 impl IoThread {
@@ -620,13 +652,21 @@ impl IoThread {
             .name(format!("millrace-io {}", dir.display()))
             .spawn(move || looper.run())
             .map_err(|e| StorageError::io(dir, e))?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let background = std::thread::Builder::new()
+            .name(format!("millrace-bg {}", dir.display()))
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })
+            .map_err(|e| StorageError::io(dir, e))?;
         Ok(IoThread {
-            tx,
+            submitter: Submitter { tx, sleeping, wake_fd },
             health,
             kind,
-            sleeping,
-            wake_fd,
             join: Mutex::new(Some(join)),
+            background: Mutex::new(Some((jobs, background))),
             next_log_id: AtomicU64::new(1),
         })
     }
@@ -645,28 +685,52 @@ impl IoThread {
     }
 
     pub(crate) fn submit(&self, op: Op) -> Result<()> {
-        self.tx.send(op).map_err(|_| StorageError::Closed)?;
-        if let Some(fd) = &self.wake_fd {
-            if self.sleeping.load(Ordering::SeqCst) {
-                let one = 1u64.to_ne_bytes();
-                // SAFETY: writing 8 bytes from a valid buffer to an eventfd we own.
-                unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
-            }
+        self.submitter.submit(op)
+    }
+
+    pub(crate) fn submitter(&self) -> Submitter {
+        self.submitter.clone()
+    }
+
+    /// Runs `job` on the directory's background thread, after the jobs queued before it. A job
+    /// may wait for the I/O thread; it must not hold a reference to this `IoThread`.
+    pub(crate) fn background(&self, job: Job) -> Result<()> {
+        let bg = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        match bg.as_ref() {
+            Some((jobs, _)) => jobs.send(job).map_err(|_| StorageError::Closed),
+            None => Err(StorageError::Closed),
         }
-        Ok(())
+    }
+
+    /// Blocks until every background job queued before this call has run.
+    pub(crate) fn background_barrier(&self) {
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        if self
+            .background(Box::new(move || {
+                let _ = tx.send(());
+            }))
+            .is_ok()
+        {
+            // An error means the job was dropped unrun: the thread is gone, nothing is queued.
+            let _ = rx.recv();
+        }
     }
 }
 
 impl Drop for IoThread {
     fn drop(&mut self) {
+        // Background jobs first: they may wait for the I/O thread.
+        let bg = self.background.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((jobs, thread)) = bg {
+            drop(jobs);
+            let _ = thread.join();
+        }
         let _ = self.submit(Op::Shutdown);
         if let Some(j) = self.join.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = j.join();
         }
     }
 }
-
-type SyncRequest = (Option<Completer>, Option<AfterSync>);
 
 /// Writes `chunks`, in order, at `offset` of `file` with `pwritev` (continuing short writes,
 /// retrying on EINTR); returns how many bytes that was. Buffered writes are done here, on the I/O thread: ext4 cannot take them
@@ -733,7 +797,6 @@ struct SyncGroup {
     remaining: usize,
     covers: i64,
     waiters: Vec<Completer>,
-    after: Vec<AfterSync>,
     error: Option<String>,
     files: Vec<Arc<File>>,
 }
@@ -744,7 +807,7 @@ struct LogIo {
     /// Published appends waiting for a sync.
     waiting: Vec<Completer>,
     /// Explicit syncs (they cover every append before them, all published).
-    requests: Vec<SyncRequest>,
+    requests: Vec<Option<Completer>>,
     dirty: Vec<Arc<File>>,
     unsynced_records: i64,
     first_unsynced: Option<Instant>,
@@ -891,7 +954,7 @@ impl Looper {
                         if log.sync.is_none()
                             && (log.unsynced_records > 0 || !log.waiting.is_empty())
                         {
-                            log.requests.push((None, None));
+                            log.requests.push(None);
                         }
                     }
                     if self.logs.values().all(|l| l.requests.is_empty() && l.sync.is_none()) {
@@ -930,10 +993,8 @@ impl Looper {
             for w in log.waiting {
                 w.complete(closed());
             }
-            for (done, _) in log.requests {
-                if let Some(d) = done {
-                    d.complete(closed());
-                }
+            for d in log.requests.into_iter().flatten() {
+                d.complete(closed());
             }
         }
     }
@@ -1024,14 +1085,14 @@ impl Looper {
                     }
                 }
             }
-            Op::Sync { log, done, then } => {
+            Op::Sync { log, done } => {
                 if self.health.is_failed() {
                     if let Some(d) = done {
                         d.complete(Err(self.health.failure()));
                     }
                     return;
                 }
-                log_io(&mut self.logs, &mut self.idle, &log).requests.push((done, then));
+                log_io(&mut self.logs, &mut self.idle, &log).requests.push(done);
             }
             Op::Shutdown => self.shutdown = true,
         }
@@ -1056,10 +1117,8 @@ impl Looper {
             for w in l.waiting.drain(..) {
                 w.complete(Err(f.clone()));
             }
-            for (d, _) in l.requests.drain(..) {
-                if let Some(d) = d {
-                    d.complete(Err(f.clone()));
-                }
+            for d in l.requests.drain(..).flatten() {
+                d.complete(Err(f.clone()));
             }
             // Nothing of this log will be synced any more: forget its unsynced data, so that
             // the log is dropped and its flush.ms deadline does not keep waking the thread.
@@ -1073,17 +1132,13 @@ impl Looper {
         }
         let files = std::mem::replace(&mut l.dirty, std::mem::take(&mut l.spare_files));
         let mut waiters = std::mem::replace(&mut l.waiting, std::mem::take(&mut l.spare_waiters));
-        let mut after = Vec::new();
-        for (d, a) in l.requests.drain(..) {
-            waiters.extend(d);
-            after.extend(a);
-        }
+        waiters.extend(l.requests.drain(..).flatten());
         l.unsynced_records = 0;
         l.first_unsynced = None;
         let covers = l.progress.written_end.load(Ordering::Acquire);
         let n = files.len();
         let lone = (inline && n == 1).then(|| files[0].as_raw_fd());
-        l.sync = Some(SyncGroup { remaining: n, covers, waiters, after, error: None, files });
+        l.sync = Some(SyncGroup { remaining: n, covers, waiters, error: None, files });
         if n == 0 {
             self.finish_sync(id);
             return;
@@ -1127,12 +1182,6 @@ impl Looper {
         let synced = !self.health.is_failed();
         if synced {
             l.progress.durable_end.fetch_max(s.covers, Ordering::AcqRel);
-            // Callbacks first: a waiter released here may rely on them having run.
-            for f in s.after {
-                if let Err(e) = f() {
-                    self.health.fail(format!("checkpoint write failed: {e}"));
-                }
-            }
         }
         for w in s.waiters.drain(..) {
             w.complete(if synced { Ok(()) } else { Err(self.health.failure()) });

@@ -162,6 +162,11 @@ fn unclean_reopen_recovers_only_from_the_recovery_point() {
     log.flush().unwrap().wait().unwrap();
     let all = read_all(&log);
     let segments = log.segment_count();
+    // Rolled segments are sealed, and the recovery point moved, in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.recovery_point() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(log.recovery_point() > 0);
     drop(log); // no close: unclean
     let log = open(dir.path(), config, &io);
