@@ -15,8 +15,9 @@
 //! Keys strictly increase in both files. A time index entry `(t, o)` says: the batch at relative
 //! offset `o` is the first in the segment whose records reach max timestamp `t`, so every record
 //! before it is older than `t`. A sealed segment's time index ends with the segment's max
-//! timestamp. The number of entries of a file that was not trimmed (an active segment after a
-//! crash) is unknown, which is why recovery rebuilds the indexes of every segment it scans.
+//! timestamp. The number of entries of a file that was not trimmed (after a crash: the active
+//! segment, or one rolled but not yet sealed by the background thread) is unknown, which is why
+//! recovery rebuilds the indexes of every segment it scans.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -37,6 +38,8 @@ pub(crate) struct IndexFile {
     width: usize,
     entries: usize,
     capacity: usize,
+    /// Entries were added since the file was last trimmed and synced.
+    dirty: bool,
 }
 
 impl IndexFile {
@@ -53,7 +56,8 @@ impl IndexFile {
             return Ok(None);
         }
         let entries = (len / width as u64) as usize;
-        let mut index = IndexFile { file, map: None, width, entries, capacity: entries };
+        let mut index =
+            IndexFile { file, map: None, width, entries, capacity: entries, dirty: false };
         index.remap(len)?;
         Ok(Some(index))
     }
@@ -65,7 +69,7 @@ impl IndexFile {
         let capacity = (max_bytes / width as u64) as usize;
         let len = (capacity * width) as u64;
         allocate(&file, len)?;
-        let mut index = IndexFile { file, map: None, width, entries: 0, capacity };
+        let mut index = IndexFile { file, map: None, width, entries: 0, capacity, dirty: false };
         index.remap(len)?;
         Ok(index)
     }
@@ -105,6 +109,7 @@ impl IndexFile {
         let at = self.entries * self.width;
         m[at..at + self.width].copy_from_slice(bytes);
         self.entries += 1;
+        self.dirty = true;
         true
     }
 
@@ -123,8 +128,9 @@ impl IndexFile {
     /// Writes the map back and shrinks the file to exactly its entries.
     pub(crate) fn trim(&mut self) -> io::Result<()> {
         let len = (self.entries * self.width) as u64;
-        if self.capacity == self.entries && self.file.metadata()?.len() == len {
-            return Ok(()); // already trimmed (and synced when it was)
+        // A full index is trimmed by size but its entries may not be on disk yet.
+        if !self.dirty && self.capacity == self.entries && self.file.metadata()?.len() == len {
+            return Ok(()); // already trimmed and synced
         }
         if let Some(m) = &self.map {
             m.flush()?;
@@ -133,6 +139,7 @@ impl IndexFile {
         self.file.set_len(len)?;
         self.capacity = self.entries;
         self.file.sync_all()?;
+        self.dirty = false;
         self.remap(len)
     }
 }

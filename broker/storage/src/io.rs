@@ -13,8 +13,9 @@
 //! engine runs each operation in turn.
 //!
 //! Beside it runs the directory's background thread, for work that would otherwise hold up
-//! appends or syncs: sealing a rolled segment and then checkpointing the recovery point
-//! ([`IoThread::background`]). Its jobs run in order and may wait for the I/O thread.
+//! appends or syncs: sealing a rolled segment and then checkpointing the recovery point, and
+//! deleting segments ([`IoThread::background`]). Its jobs run in order and may wait for the
+//! I/O thread.
 //!
 //! Any write or sync error marks the whole directory failed (as Kafka takes a log directory
 //! offline): the failed log is cut back to what was published before, every pending future
@@ -43,6 +44,8 @@ use crate::segment::Segment;
 pub(crate) const OPS_QUEUE_MAX: usize = 4096;
 /// Operations taken into one round at most.
 const ROUND_OPS_MAX: usize = 1024;
+/// Capacity of the background thread's queue; a roll or a retention pass blocks beyond it.
+const BACKGROUND_QUEUE_MAX: usize = 256;
 /// io_uring submission queue size.
 const RING_ENTRIES: u32 = 256;
 
@@ -559,7 +562,7 @@ impl Engine for Uring {
 // The thread.
 
 /// A log directory's I/O thread, and its background thread for the work that must not hold up
-/// appends or syncs (sealing a rolled segment: see `Log::roll`). Dropping it finishes the
+/// appends or syncs (sealing a rolled segment, deleting one: see `Log::roll_locked`). Dropping it finishes the
 /// queued background work, then the queued I/O, and joins both threads.
 #[derive(Debug)]
 pub struct IoThread {
@@ -567,7 +570,7 @@ pub struct IoThread {
     health: Arc<DirHealth>,
     kind: IoEngineKind,
     join: Mutex<Option<JoinHandle<()>>>,
-    background: Mutex<Option<(mpsc::Sender<Job>, JoinHandle<()>)>>,
+    background: Mutex<Option<(SyncSender<Job>, JoinHandle<()>)>>,
     next_log_id: AtomicU64,
 }
 
@@ -652,12 +655,18 @@ impl IoThread {
             .name(format!("millrace-io {}", dir.display()))
             .spawn(move || looper.run())
             .map_err(|e| StorageError::io(dir, e))?;
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::sync_channel::<Job>(BACKGROUND_QUEUE_MAX);
+        let bg_health = health.clone();
         let background = std::thread::Builder::new()
             .name(format!("millrace-bg {}", dir.display()))
             .spawn(move || {
                 for job in queue {
-                    job();
+                    // A job that panics (a bug) must not take the thread, and with it the seals
+                    // and checkpoints of every later roll, down unnoticed.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        bg_health
+                            .fail("a background job (seal, checkpoint or delete) panicked".into());
+                    }
                 }
             })
             .map_err(|e| StorageError::io(dir, e))?;

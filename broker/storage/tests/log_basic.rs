@@ -129,13 +129,14 @@ fn segments_roll_by_size_and_time_and_reopen_cleanly() {
         next += 1;
         let all = read_all(&log);
         assert_eq!(all.last().unwrap().1, next - 1);
-        // Files are named by base offset in 20 digits; sealed indexes are trimmed.
+        // Files are named by base offset in 20 digits; sealed indexes are trimmed (sealing runs
+        // on the background thread, which close waits for).
         let name = format!("{:020}", segments[1]);
         let log_dir = dir.path().join("t-0");
         assert!(log_dir.join(format!("{name}.log")).exists());
+        log.close().unwrap();
         let idx_len = std::fs::metadata(log_dir.join(format!("{name}.index"))).unwrap().len();
         assert!(idx_len < 1024 && idx_len % 8 == 0, "trimmed offset index: {idx_len}");
-        log.close().unwrap();
         drop(log);
 
         let log = open(dir.path(), config, &io);
