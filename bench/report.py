@@ -34,6 +34,9 @@ DISK_CHUNKS = (65536, 262144, 1 << 20)
 LATENCY_LINGER_MS = 1
 # Shares of the unthrottled rate at which latency is measured.
 LATENCY_SHARES = (0.5, 0.25)
+# The page-cache window of the second set of runs (`--log-page-cache-window-bytes`, off by
+# default; docs/design/storage.md, "Page-cache window").
+WINDOW = 64 << 20
 
 
 def free_port():
@@ -57,16 +60,17 @@ def rss_mb(pid):
 
 
 @contextlib.contextmanager
-def running_broker(prefix):
-    """A release broker on a free port with a fresh data directory under `target/`, stopped and
-    removed afterwards; yields (data directory, bootstrap address, pid)."""
+def running_broker(prefix, *args):
+    """A release broker (with extra `serve` arguments `args`) on a free port with a fresh data
+    directory under `target/`, stopped and removed afterwards; yields (data directory, bootstrap
+    address, pid)."""
     data = tempfile.mkdtemp(prefix=prefix, dir=os.path.join(ROOT, "target"))
     port = free_port()
     bs = f"127.0.0.1:{port}"
     try:
         with open(os.path.join(data, "broker.log"), "w") as log:
             broker = subprocess.Popen(
-                [BROKER, "serve", "--listen", bs, "--data-dir", os.path.join(data, "d")],
+                [BROKER, "serve", "--listen", bs, "--data-dir", os.path.join(data, "d"), *args],
                 stderr=log, env={**os.environ, "RUST_LOG": "warn"})
             try:
                 for _ in range(200):
@@ -128,21 +132,24 @@ def main():
         idle_rss = rss_mb(pid)
         rows = []
 
-        def produce(name, size, acks, codec, n, throughput=-1, *extra, floor=True):
+        def produce(name, size, acks, codec, n, throughput=-1, *extra, floor=True, on=None):
+            # `on`: another broker's (data, bootstrap, pid, window) instead of this one.
+            d_, bs_, pid_, window = on or (data, bs, pid, None)
             settle()
-            c0 = cpu_seconds(pid)
-            r = bench("produce", "--bootstrap-server", bs, "--topic", name, "--num-records", str(n),
+            c0 = cpu_seconds(pid_)
+            r = bench("produce", "--bootstrap-server", bs_, "--topic", name, "--num-records", str(n),
                       "--record-size", str(size), "--acks", acks, "--compression", codec,
                       "--throughput", str(throughput), *extra)
-            r["broker_cpu_s"] = cpu_seconds(pid) - c0
+            r["broker_cpu_s"] = cpu_seconds(pid_) - c0
             r["gb"] = n * size / 1e9
             if codec == "none" and floor:
                 # The kernel's share of the same bytes, from the same starting state, measured
                 # right after: writing them with an fdatasync per MiB (the cost of page-cache
                 # memory on this VM drifts, so a floor from the start of the run would not do).
                 settle()
-                d = baseline("baseline-disk", "--dir", data, "--bytes", str(n * size), "--chunk",
-                             str(1 << 20), "--fsync-every-chunk")
+                d = baseline("baseline-disk", "--dir", d_, "--bytes", str(n * size), "--chunk",
+                             str(1 << 20), "--fsync-every-chunk",
+                             *(["--drop-behind", str(window)] if window else []))
                 r["floor_s_per_gb"] = d["cpu_s_per_gb"] + tcp["recv_cpu_s_per_gb"]
             return r
 
@@ -194,6 +201,22 @@ def main():
         e2e = bench("e2e-latency", "--bootstrap-server", bs, "--topic", "e2e", "--rate", "1000",
                     "--seconds", str(int(10 * scale) or 2), "--record-size", "1024")
         final_rss = rss_mb(pid)
+
+        # The unthrottled 1 KiB acks=all run and the fixed-rate runs again, on a broker with the
+        # page-cache window on; the floor then drops its pages the same way.
+        n = int(3_000_000 * scale)
+        unwindowed = produce("l-1024-all", 1024, "all", "none", n)
+        with running_broker("millrace-bench-window-", "--log-page-cache-window-bytes",
+                            str(WINDOW)) as (wdata, wbs, wpid):
+            on = (wdata, wbs, wpid, WINDOW)
+            windowed = produce("w-1024-all", 1024, "all", "none", n, on=on)
+            wpaced = {}
+            for share in LATENCY_SHARES:
+                rate = int(windowed["records_per_sec"] * share)
+                wpaced[share] = produce(f"w-latency-{int(share * 100)}", 1024, "all", "none",
+                                        int(max(rate * 10 * scale, 1000)), rate,
+                                        "--producer-props", f"linger.ms={LATENCY_LINGER_MS}",
+                                        on=on)
 
     def cpu_per_gb(r):
         return r["broker_cpu_s"] / r["gb"]
@@ -272,6 +295,21 @@ def main():
       f"p99 {d256['p99']:.2f} ms, p99.9 {d256['p999']:.2f} ms. Small batches cost more CPU per GB "
       "(an fdatasync and a request round trip each): when client and broker together need more "
       "than the 2 cores, the client's queue grows and latency with it.\n")
+    w(f"## With the page-cache window (`--log-page-cache-window-bytes {WINDOW}`)\n")
+    w("Off by default. With it, the broker drops each segment's synced pages more than the window "
+      "behind its end, so writing reuses the same page-cache memory; consumers further behind read "
+      "from the disk (`docs/design/storage.md`, \"Page-cache window\"). The floor of these rows "
+      "drops its pages the same way (`baseline-disk --drop-behind`). The first row is the same "
+      f"run on the default broker ({unwindowed['gb']:.1f} GB).\n")
+    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, rate, r in [("default", "unthrottled", unwindowed), ("window", "unthrottled", windowed),
+                           *[("window", f"{s:.0%} of max", wpaced[s]) for s in LATENCY_SHARES]]:
+        lat = r["latency_ms"]
+        w(f"| {label} | {rate} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
+          f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | {cpu_per_gb(r):.2f} | "
+          f"{r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} |")
+    w("")
     w(f"## Consume ({cons['gb']:.1f} GB of 1 KiB records just produced, from the page cache; no group, all partitions assigned)\n")
     w(f"{cons['records_per_sec']:.0f} records/s, {cons['mb_per_sec']:.1f} MB/s "
       f"({cons['mb_per_sec'] / tcp['mb_per_sec']:.2f} of loopback TCP), first record after {cons['first_record_ms']:.0f} ms; "

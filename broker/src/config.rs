@@ -50,6 +50,13 @@ pub(crate) struct ServeArgs {
     /// Default `max.message.bytes` (`message.max.bytes`).
     #[arg(long, env = "MILLRACE_MESSAGE_MAX_BYTES", default_value_t = 1_048_588)]
     pub(crate) message_max_bytes: usize,
+    /// Keep at most this many bytes of each segment's newest data in the page cache, dropping
+    /// older pages as appends go on; -1 (the default) leaves the page cache to the kernel, as
+    /// Kafka does. Consumers further behind read from the disk. Millrace's own setting, for
+    /// hosts where new page-cache memory is expensive (docs/design/storage.md).
+    #[arg(long, env = "MILLRACE_LOG_PAGE_CACHE_WINDOW_BYTES", default_value_t = -1,
+          allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub(crate) log_page_cache_window_bytes: i64,
     /// How often retention runs (`log.retention.check.interval.ms`).
     #[arg(long, env = "MILLRACE_LOG_RETENTION_CHECK_INTERVAL_MS", default_value_t = 300_000)]
     pub(crate) log_retention_check_interval_ms: u64,

@@ -62,6 +62,11 @@ struct BaselineDiskArgs {
     /// Write with O_DIRECT (no page cache; `--chunk` must be a multiple of 4096)
     #[arg(long)]
     direct: bool,
+    /// Drop the file's pages from the page cache once they are this many bytes behind the
+    /// end, in steps of 4 MiB, after each sync (what the broker's
+    /// `--log-page-cache-window-bytes` does); needs --fsync-every-chunk
+    #[arg(long)]
+    drop_behind: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -507,6 +512,9 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
         return Err("--bytes and --chunk must be positive".into());
     }
     const ALIGN: usize = 4096;
+    if a.drop_behind.is_some() && (!a.fsync_every_chunk || a.direct) {
+        return Err("--drop-behind needs --fsync-every-chunk and buffered writes".into());
+    }
     if a.direct && a.chunk % ALIGN != 0 {
         return Err(format!("--direct needs a --chunk that is a multiple of {ALIGN}").into());
     }
@@ -516,10 +524,11 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
     let skip = backing.as_ptr().align_offset(ALIGN);
     let buf = &backing[skip..skip + a.chunk];
     // Time of each chunk's write (+ fdatasync), in microseconds.
-    let mut hist = Histogram::<u64>::new(3)?;
+    let mut hist = histogram();
     let start = Instant::now();
     let cpu0 = thread_cpu_seconds();
     let mut written = 0u64;
+    let mut dropped = 0u64;
     {
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut f = std::fs::File::options()
@@ -534,6 +543,23 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
             written += buf.len() as u64;
             if a.fsync_every_chunk {
                 f.sync_data()?;
+            }
+            if let Some(window) = a.drop_behind {
+                const STEP: u64 = 4 << 20;
+                if written >= dropped + window + STEP {
+                    let to = (written - window) & !(STEP - 1);
+                    use std::os::fd::AsRawFd as _;
+                    // SAFETY: plain system call on an open descriptor; no memory is passed.
+                    unsafe {
+                        libc::posix_fadvise(
+                            f.as_raw_fd(),
+                            dropped as libc::off_t,
+                            (to - dropped) as libc::off_t,
+                            libc::POSIX_FADV_DONTNEED,
+                        )
+                    };
+                    dropped = to;
+                }
             }
             hist.saturating_record(t.elapsed().as_micros() as u64);
         }

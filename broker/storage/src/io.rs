@@ -572,6 +572,7 @@ pub struct IoThread {
     join: Mutex<Option<JoinHandle<()>>>,
     background: Mutex<Option<(SyncSender<Job>, JoinHandle<()>)>>,
     next_log_id: AtomicU64,
+    page_cache_window: Arc<AtomicU64>,
 }
 
 /// Sends operations to the I/O thread (waking it when it sleeps on io_uring completions).
@@ -637,6 +638,7 @@ impl IoThread {
             cause: Mutex::new(None),
         });
         let sleeping = Arc::new(AtomicBool::new(false));
+        let page_cache_window = Arc::new(AtomicU64::new(u64::MAX));
         let (tx, rx) = mpsc::sync_channel(OPS_QUEUE_MAX);
         let mut looper = Looper {
             engine,
@@ -650,6 +652,7 @@ impl IoThread {
             next_tag: 1,
             shutdown: false,
             ids: Vec::new(),
+            page_cache_window: page_cache_window.clone(),
         };
         let join = std::thread::Builder::new()
             .name(format!("millrace-io {}", dir.display()))
@@ -677,7 +680,18 @@ impl IoThread {
             join: Mutex::new(Some(join)),
             background: Mutex::new(Some((jobs, background))),
             next_log_id: AtomicU64::new(1),
+            page_cache_window,
         })
+    }
+
+    /// Keeps at most about `window` bytes of each segment file's most recently written data in
+    /// the page cache: as appends go on, older pages are dropped (`POSIX_FADV_DONTNEED`), so
+    /// that writing keeps reusing the same memory instead of taking new pages. `None` (the
+    /// default) leaves the page cache to the kernel, as Kafka does. Readers further behind
+    /// than the window read from the disk. See `docs/design/storage.md`, "Page-cache window".
+    pub fn set_page_cache_window(&self, window: Option<u64>) {
+        let w = window.map_or(u64::MAX, |w| w.min(u64::MAX - 1));
+        self.page_cache_window.store(w, Ordering::Relaxed);
     }
 
     /// The engine in use.
@@ -807,7 +821,8 @@ struct SyncGroup {
     covers: i64,
     waiters: Vec<Completer>,
     error: Option<String>,
-    files: Vec<Arc<File>>,
+    /// Each dirty segment, with the end of what this commit syncs of it.
+    files: Vec<(Arc<Segment>, u64)>,
 }
 
 /// Per-log state only the I/O thread touches.
@@ -817,14 +832,14 @@ struct LogIo {
     waiting: Vec<Completer>,
     /// Explicit syncs (they cover every append before them, all published).
     requests: Vec<Option<Completer>>,
-    dirty: Vec<Arc<File>>,
+    dirty: Vec<(Arc<Segment>, u64)>,
     unsynced_records: i64,
     first_unsynced: Option<Instant>,
     sync: Option<SyncGroup>,
     /// The lists of the last finished group commit, emptied, for the next one: a log that is
     /// written steadily allocates nothing per commit.
     spare_waiters: Vec<Completer>,
-    spare_files: Vec<Arc<File>>,
+    spare_files: Vec<(Arc<Segment>, u64)>,
 }
 
 struct Looper {
@@ -844,6 +859,16 @@ struct Looper {
     shutdown: bool,
     /// Scratch list of log ids, kept to reuse its memory.
     ids: Vec<u64>,
+    /// See [`IoThread::set_page_cache_window`].
+    page_cache_window: Arc<AtomicU64>,
+}
+
+/// The page-cache window in bytes, `None` when off.
+fn page_cache_window(w: &AtomicU64) -> Option<u64> {
+    match w.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        w => Some(w),
+    }
 }
 
 impl LogIo {
@@ -1065,10 +1090,12 @@ impl Looper {
                 match result {
                     Ok(len) => {
                         // Published to readers at once, in offset order (the channel's order).
-                        segment.publish(position + len as u64);
+                        let end = position + len as u64;
+                        segment.publish(end);
                         l.progress.written_end.store(end_offset, Ordering::Release);
-                        if !l.dirty.iter().any(|f| Arc::ptr_eq(f, &segment.file)) {
-                            l.dirty.push(segment.file.clone());
+                        match l.dirty.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &segment)) {
+                            Some((_, e)) => *e = (*e).max(end),
+                            None => l.dirty.push((segment, end)),
                         }
                         written.complete(Ok(()));
                         l.waiting.push(done);
@@ -1146,7 +1173,7 @@ impl Looper {
         l.first_unsynced = None;
         let covers = l.progress.written_end.load(Ordering::Acquire);
         let n = files.len();
-        let lone = (inline && n == 1).then(|| files[0].as_raw_fd());
+        let lone = (inline && n == 1).then(|| files[0].0.file.as_raw_fd());
         l.sync = Some(SyncGroup { remaining: n, covers, waiters, error: None, files });
         if n == 0 {
             self.finish_sync(id);
@@ -1158,8 +1185,11 @@ impl Looper {
             return;
         }
         for i in 0..n {
-            let Some(fd) =
-                self.logs.get(&id).and_then(|l| l.sync.as_ref()).map(|s| s.files[i].as_raw_fd())
+            let Some(fd) = self
+                .logs
+                .get(&id)
+                .and_then(|l| l.sync.as_ref())
+                .map(|s| s.files[i].0.file.as_raw_fd())
             else {
                 break;
             };
@@ -1183,6 +1213,11 @@ impl Looper {
     fn finish_sync(&mut self, id: u64) {
         let Some(l) = self.logs.get_mut(&id) else { return };
         let Some(mut s) = l.sync.take() else { return };
+        if let (None, Some(w)) = (&s.error, page_cache_window(&self.page_cache_window)) {
+            for (segment, end) in &s.files {
+                segment.drop_cached_behind(*end, w);
+            }
+        }
         s.files.clear();
         l.spare_files = s.files;
         if let Some(e) = s.error {

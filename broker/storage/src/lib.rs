@@ -49,6 +49,11 @@ impl LogDir {
         &self.path
     }
 
+    /// See [`IoThread::set_page_cache_window`].
+    pub fn set_page_cache_window(&self, window: Option<u64>) {
+        self.io.set_page_cache_window(window);
+    }
+
     /// The write engine the I/O thread runs.
     pub fn engine(&self) -> IoEngineKind {
         self.io.engine()

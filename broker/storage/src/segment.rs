@@ -67,6 +67,9 @@ pub(crate) struct Segment {
     pub(crate) log_path: PathBuf,
     pub(crate) file: Arc<File>,
     published_len: AtomicU64,
+    /// Below this position the file's pages were dropped from the page cache (see
+    /// [`Segment::drop_cached_behind`]); only the I/O thread moves it.
+    cache_dropped_to: AtomicU64,
     view: RwLock<Bytes>,
     state: Mutex<SegmentState>,
 }
@@ -131,6 +134,7 @@ impl Segment {
             log_path,
             file: Arc::new(file),
             published_len: AtomicU64::new(0),
+            cache_dropped_to: AtomicU64::new(0),
             view: RwLock::new(Bytes::new()),
             state: Mutex::new(SegmentState {
                 offset_index,
@@ -184,6 +188,7 @@ impl Segment {
             log_path,
             file: Arc::new(file),
             published_len: AtomicU64::new(len),
+            cache_dropped_to: AtomicU64::new(0),
             view: RwLock::new(Bytes::new()),
             state: Mutex::new(state),
         };
@@ -377,6 +382,36 @@ impl Segment {
     /// Makes `[0, len)` readable; called by the I/O thread once the write completed.
     pub(crate) fn publish(&self, len: u64) {
         self.published_len.fetch_max(len, Ordering::AcqRel);
+    }
+
+    /// With the page-cache window on, asks the kernel to drop this file's cached pages more
+    /// than `window` bytes behind `end` (the end of what was just synced), in steps of at
+    /// least `CACHE_DROP_STEP`. Only synced pages are asked for: the kernel skips dirty pages
+    /// and pages under writeback, and they would stay cached for good. It also skips pages a
+    /// reader has mapped. Nothing is lost and no reader is disturbed: a later read of a dropped
+    /// page comes from the disk.
+    pub(crate) fn drop_cached_behind(&self, end: u64, window: u64) {
+        let from = self.cache_dropped_to.load(Ordering::Relaxed);
+        if end < from.saturating_add(window).saturating_add(CACHE_DROP_STEP) {
+            return;
+        }
+        let to = (end - window) & !(CACHE_DROP_STEP - 1);
+        if to <= from {
+            return;
+        }
+        // SAFETY: plain system call on an open descriptor; no memory is passed.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                from as libc::off_t,
+                (to - from) as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        // Advice that fails (it cannot, on an open regular file) only leaves pages cached.
+        if rc == 0 {
+            self.cache_dropped_to.store(to, Ordering::Relaxed);
+        }
     }
 
     /// Cuts the file back to `len` after a failed write. Maps cover at most the published
@@ -669,6 +704,9 @@ impl SegmentState {
         self.offset_index.0.is_full() || self.time_index.0.is_full()
     }
 }
+
+/// The page-cache window drops pages in steps of at least this many bytes (a power of two).
+const CACHE_DROP_STEP: u64 = 4 << 20;
 
 /// Bytes a deleted segment's file is cut by at a time, and the pause after each cut.
 #[cfg(not(test))]

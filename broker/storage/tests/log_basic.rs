@@ -346,3 +346,46 @@ fn appends_in_a_burst_are_synced_while_the_burst_is_held() {
         }
     }
 }
+
+/// Share of `path`'s pages in `range` (a fraction of the file) that are in the page cache.
+fn resident_share(path: &std::path::Path, range: std::ops::Range<f64>) -> f64 {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a read-only map of a file nothing truncates while the test looks at it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let pages = map.len().div_ceil(4096);
+    let mut v = vec![0u8; pages];
+    // SAFETY: `v` has one byte per page of the mapping, as mincore requires.
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), v.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    let (a, b) = ((range.start * pages as f64) as usize, (range.end * pages as f64) as usize);
+    v[a..b].iter().filter(|p| *p & 1 == 1).count() as f64 / (b - a) as f64
+}
+
+#[test]
+fn page_cache_window_drops_older_pages_and_reads_stay_whole() {
+    for engine in engines() {
+        for window in [Some(1u64 << 20), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let io = io(dir.path(), engine);
+            io.set_page_cache_window(window);
+            let log = open(dir.path(), LogConfig::default(), &io);
+            let mut written = Vec::new();
+            for i in 0..160u64 {
+                let b = batch(i, 16, 8_000, i as i64);
+                let info = log.append(&b).unwrap();
+                info.durable.wait().unwrap();
+                written.push((info.base_offset, info.last_offset, stored(b, info.base_offset)));
+            }
+            // 20 MB in one segment; the first half is far behind the last MiB.
+            let file = dir.path().join("t-0").join(format!("{:020}.log", 0));
+            let old = resident_share(&file, 0.0..0.5);
+            let newest = resident_share(&file, 0.97..1.0);
+            match window {
+                Some(_) => assert!(old < 0.05 && newest > 0.9, "window: {old} {newest}"),
+                None => assert!(old > 0.9 && newest > 0.9, "no window: {old} {newest}"),
+            }
+            assert_eq!(read_all(&log), written, "{window:?}");
+            log.close().unwrap();
+        }
+    }
+}
