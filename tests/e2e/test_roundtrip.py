@@ -142,7 +142,9 @@ def test_page_cache_window_keeps_every_record_readable(broker_factory, topic_nam
     offsets = ck_produce_all(p, topic_name, [{"value": value(i)} for i in range(n)], timeout=60)
     assert offsets == list(range(n))
     segment = broker.data_dir / "logs" / f"{topic_name}-0" / f"{0:020}.log"
-    assert resident_share(segment, 0.0, 0.5) < 0.05, "older pages were not dropped"
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(segment)], capture_output=True, text=True)
+    if fs.stdout.strip() != "tmpfs":  # on tmpfs the page cache is the storage: nothing drops
+        assert resident_share(segment, 0.0, 0.5) < 0.05, "older pages were not dropped"
     got = ck_consume(broker.bootstrap, topic_name, 0, 0, n, timeout=60)
     assert [m.offset() for m in got] == list(range(n))
     bad_values = [m.offset() for m in got if m.value() != value(m.offset())]

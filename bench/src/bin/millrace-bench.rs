@@ -546,7 +546,7 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
             }
             if let Some(window) = a.drop_behind {
                 const STEP: u64 = 4 << 20;
-                if written >= dropped + window + STEP {
+                if written >= dropped.saturating_add(window).saturating_add(STEP) {
                     let to = (written - window) & !(STEP - 1);
                     use std::os::fd::AsRawFd as _;
                     // SAFETY: plain system call on an open descriptor; no memory is passed.

@@ -1213,13 +1213,6 @@ impl Looper {
     fn finish_sync(&mut self, id: u64) {
         let Some(l) = self.logs.get_mut(&id) else { return };
         let Some(mut s) = l.sync.take() else { return };
-        if let (None, Some(w)) = (&s.error, page_cache_window(&self.page_cache_window)) {
-            for (segment, end) in &s.files {
-                segment.drop_cached_behind(*end, w);
-            }
-        }
-        s.files.clear();
-        l.spare_files = s.files;
         if let Some(e) = s.error {
             self.health.fail(format!("fdatasync failed: {e}"));
         }
@@ -1233,7 +1226,15 @@ impl Looper {
         l.spare_waiters = s.waiters;
         if synced {
             l.progress.notify();
+            // After the acknowledgements: the page-cache window (dropping pages can take a while).
+            if let Some(w) = page_cache_window(&self.page_cache_window) {
+                for (segment, end) in &s.files {
+                    segment.drop_cached_behind(*end, w);
+                }
+            }
         }
+        s.files.clear();
+        l.spare_files = s.files;
     }
 }
 

@@ -806,8 +806,8 @@ impl Drop for Log {
     }
 }
 
-/// Lists segment base offsets in a partition directory and removes leftovers: temp files and
-/// index files without a `.log`.
+/// Lists segment base offsets in a partition directory and removes leftovers: temp files,
+/// segment files a crash left half deleted (`.deleted`) and index files without a `.log`.
 fn scan_dir(dir: &Path) -> Result<Vec<i64>> {
     let mut logs = Vec::new();
     let mut indexes = Vec::new();
@@ -816,7 +816,7 @@ fn scan_dir(dir: &Path) -> Result<Vec<i64>> {
         let entry = entry.map_err(|e| StorageError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".tmp") {
+        if name.ends_with(".tmp") || name.ends_with(segment::DELETED_SUFFIX) {
             let _ = std::fs::remove_file(entry.path());
             continue;
         }
@@ -989,5 +989,19 @@ mod tests {
         assert_eq!(again, copy);
         drop(held);
         log.close().unwrap();
+
+        // A crash while a file was being cut leaves it under its `.deleted` name, next to its
+        // indexes: the open removes them all and cuts nothing.
+        let dir0 = dir.path().join("t-0");
+        let stale = dir0.join(format!("{:020}.log{}", bases[0], segment::DELETED_SUFFIX));
+        std::fs::write(&stale, vec![7u8; 1000]).unwrap();
+        std::fs::write(dir0.join(format!("{:020}.index", bases[0])), [0u8; 80]).unwrap();
+        let io2 = Arc::new(IoThread::start(dir.path(), IoEngineChoice::Auto).unwrap());
+        let log = Log::open(dir0.clone(), LogConfig::default(), io2).unwrap();
+        assert!(log.open_report().truncations.is_empty(), "{:?}", log.open_report());
+        assert!(!stale.exists());
+        assert!(!dir0.join(format!("{:020}.index", bases[0])).exists());
+        assert_eq!(log.offsets().0, bases[2]);
+        assert_eq!(read_all(&log).len(), 20 - bases[2] as usize / 4);
     }
 }
