@@ -334,6 +334,55 @@ impl Future for DataChanged {
 /// Work for a directory's background thread (see [`IoThread::background`]).
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
+thread_local! {
+    /// On a background thread: deleted segments whose files something still holds, with their
+    /// `.deleted` paths, retried until nothing does (see [`linger`]).
+    static LINGERING: std::cell::RefCell<Vec<(Arc<Segment>, PathBuf)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// From a background job: finish deleting `segment` (see `Segment::finish_delete`) once nothing
+/// holds its file any more. The thread retries every `LINGER_RETRY` and after every job; what is
+/// left at shutdown stays as a `.deleted` file, which the next open removes.
+pub(crate) fn linger(segment: Arc<Segment>, doomed: PathBuf) {
+    LINGERING.with(|l| l.borrow_mut().push((segment, doomed)));
+}
+
+const LINGER_RETRY: Duration = Duration::from_millis(500);
+
+fn background_loop(queue: &Receiver<Job>, health: &DirHealth) {
+    loop {
+        let waiting = LINGERING.with(|l| !l.borrow().is_empty());
+        let job = if waiting {
+            match queue.recv_timeout(LINGER_RETRY) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match queue.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        };
+        if let Some(job) = job {
+            // A job that panics (a bug) must not take the thread, and with it the seals and
+            // checkpoints of every later roll, down unnoticed.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                health.fail("a background job (seal, checkpoint or delete) panicked".into());
+            }
+        }
+        let lingering = LINGERING.with(|l| std::mem::take(&mut *l.borrow_mut()));
+        for (segment, doomed) in lingering {
+            match segment.finish_delete(&doomed) {
+                Ok(true) => {}
+                Ok(false) => linger(segment, doomed),
+                Err(e) => health.fail(format!("deleting {} failed: {e}", doomed.display())),
+            }
+        }
+    }
+}
+
 /// A piece of an append: a batch's first bytes with its offset and epoch assigned (kept inline:
 /// no allocation per batch), or a slice of the request's own buffer.
 #[derive(Debug)]
@@ -662,16 +711,7 @@ impl IoThread {
         let bg_health = health.clone();
         let background = std::thread::Builder::new()
             .name(format!("millrace-bg {}", dir.display()))
-            .spawn(move || {
-                for job in queue {
-                    // A job that panics (a bug) must not take the thread, and with it the seals
-                    // and checkpoints of every later roll, down unnoticed.
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        bg_health
-                            .fail("a background job (seal, checkpoint or delete) panicked".into());
-                    }
-                }
-            })
+            .spawn(move || background_loop(&queue, &bg_health))
             .map_err(|e| StorageError::io(dir, e))?;
         Ok(IoThread {
             submitter: Submitter { tx, sleeping, wake_fd },

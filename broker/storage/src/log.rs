@@ -705,13 +705,16 @@ impl Log {
         let (dir, health) = (self.dir.clone(), self.io.health().clone());
         self.io.background(Box::new(move || {
             for seg in doomed {
-                if let Err(e) = seg.delete_files(&dir) {
-                    health.fail(format!("deleting {} failed: {e}", seg.log_path.display()));
-                    return;
+                let done = seg.delete_files(&dir).and_then(|d| Ok((seg.finish_delete(&d)?, d)));
+                match done {
+                    Ok((true, _)) => {}
+                    // A reader still holds it: finished once it lets go.
+                    Ok((false, doomed)) => io::linger(seg, doomed),
+                    Err(e) => {
+                        health.fail(format!("deleting {} failed: {e}", seg.log_path.display()));
+                        return;
+                    }
                 }
-            }
-            if let Err(e) = checkpoint::sync_dir(&dir) {
-                health.fail(format!("syncing {} failed: {e}", dir.display()));
             }
         }))?;
         Ok(result)
@@ -848,6 +851,7 @@ mod tests {
     use super::*;
     use crate::batch::{BatchBuilder, BatchHeader};
     use crate::io::IoEngineChoice;
+    use crate::segment::DELETED_SUFFIX;
 
     fn batch(ts: i64) -> Vec<u8> {
         let mut b = BatchBuilder::new();
@@ -953,8 +957,8 @@ mod tests {
 
     /// Retention deletes a segment's files on the background thread. A segment nobody reads is
     /// cut down gradually, then unlinked; one whose bytes a reader still holds (a read
-    /// result's mapped view and file slice) is unlinked at once, and the reader's bytes stay
-    /// intact through both.
+    /// result's mapped view and file slice) waits under its `.deleted` name, the reader's bytes
+    /// intact, and goes once the reader lets go.
     #[test]
     fn deleted_segments_go_and_their_readers_keep_their_bytes() {
         use std::os::unix::fs::FileExt;
@@ -987,13 +991,28 @@ mod tests {
         let mut again = vec![0u8; copy.len()];
         slice.file.read_exact_at(&mut again, slice.position).unwrap();
         assert_eq!(again, copy);
-        drop(held);
+        // The held segment's file waits under its `.deleted` name until the reader lets go.
+        let deleted = || {
+            std::fs::read_dir(dir.path().join("t-0"))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref().unwrap().file_name().to_string_lossy().ends_with(DELETED_SUFFIX)
+                })
+                .count()
+        };
+        assert_eq!(deleted(), 1);
+        drop((held, slice));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while deleted() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(deleted(), 0, "the file went once its reader let go");
         log.close().unwrap();
 
         // A crash while a file was being cut leaves it under its `.deleted` name, next to its
         // indexes: the open removes them all and cuts nothing.
         let dir0 = dir.path().join("t-0");
-        let stale = dir0.join(format!("{:020}.log{}", bases[0], segment::DELETED_SUFFIX));
+        let stale = dir0.join(format!("{:020}.log{DELETED_SUFFIX}", bases[0]));
         std::fs::write(&stale, vec![7u8; 1000]).unwrap();
         std::fs::write(dir0.join(format!("{:020}.index", bases[0])), [0u8; 80]).unwrap();
         let io2 = Arc::new(IoThread::start(dir.path(), IoEngineChoice::Auto).unwrap());

@@ -644,40 +644,50 @@ impl Segment {
         Ok(())
     }
 
-    /// Removes the segment's files. Readers holding slices keep their maps.
-    ///
-    /// When nothing but the caller refers to the segment or its file (no reader has it, and no
-    /// read result, mapped view or file slice is alive: each holds the file), the log file is
-    /// first cut down in steps with pauses between them. Freeing a large file's blocks at once
-    /// holds up every other write to the disk (with online discard, as on these machines:
-    /// fdatasyncs of 256 KiB took up to 27 ms during the unlink of a 256 MiB file, against
-    /// 0.8 ms before; 1.9 ms when it was cut 8 MiB at a time with 2 ms pauses). The file is
-    /// renamed to `<name>.deleted` first, durably, so that a crash during the cut never leaves
-    /// a shortened segment under its own name (the next open would take it for a torn one and
-    /// cut the log there); the open removes `.deleted` files. A file still in use is unlinked
-    /// at once: its readers keep their bytes, and its blocks are freed with the last of them.
-    pub(crate) fn delete_files(self: &Arc<Self>, dir: &Path) -> io::Result<()> {
+    /// Takes the segment's files out of the log directory: the index files are removed and the
+    /// log file is renamed to `<name>.log.deleted`, durably, so that no later step can leave a
+    /// shortened segment under its own name (a crash during the cut below would otherwise look
+    /// like a torn segment to the next open, which would cut the log there). The open removes
+    /// `.deleted` files. Readers keep their bytes. Returns the `.deleted` path for
+    /// [`Segment::finish_delete`].
+    pub(crate) fn delete_files(&self, dir: &Path) -> io::Result<PathBuf> {
         let (log, index, time) = paths(dir, self.base_offset);
-        if Arc::strong_count(self) == 1 {
-            // No reader can get the segment any more; drop our own view of it.
-            *self.view.write().unwrap_or_else(|e| e.into_inner()) = Bytes::new();
-            if Arc::strong_count(&self.file) == 1 {
-                let mut doomed = log.clone().into_os_string();
-                doomed.push(DELETED_SUFFIX);
-                std::fs::rename(&log, &doomed)?;
-                crate::checkpoint::sync_dir(dir)?;
-                self.cut_gradually()?;
-                std::fs::remove_file(&doomed)?;
-            }
+        let mut doomed = log.clone().into_os_string();
+        doomed.push(DELETED_SUFFIX);
+        let doomed = PathBuf::from(doomed);
+        let gone = |r: io::Result<()>| match r {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        gone(std::fs::rename(&log, &doomed))?;
+        gone(std::fs::remove_file(index))?;
+        gone(std::fs::remove_file(time))?;
+        crate::checkpoint::sync_dir(dir)?;
+        Ok(doomed)
+    }
+
+    /// Once nothing but the caller refers to the segment or its file (no reader has it, and no
+    /// read result, mapped view or file slice is alive: each holds the file), cuts the file
+    /// down in steps with pauses between them and removes it; `Ok(false)` while something
+    /// still does (try again later). Freeing a large file's blocks at once holds up every
+    /// other write to the disk (with online discard, as on these machines: fdatasyncs of
+    /// 256 KiB took up to 27 ms during the unlink of a 256 MiB file, against 0.8 ms before;
+    /// 1.9 ms when it was cut 8 MiB at a time with 2 ms pauses), and would happen on whichever
+    /// thread let go of the file last.
+    pub(crate) fn finish_delete(self: &Arc<Self>, doomed: &Path) -> io::Result<bool> {
+        if Arc::strong_count(self) > 1 {
+            return Ok(false);
         }
-        for p in [log, index, time] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        // No reader can get the segment any more; drop our own view of it.
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = Bytes::new();
+        if Arc::strong_count(&self.file) > 1 {
+            return Ok(false);
         }
-        Ok(())
+        self.cut_gradually()?;
+        match std::fs::remove_file(doomed) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(true),
+        }
     }
 }
 
@@ -729,7 +739,7 @@ const DELETE_STEP: u64 = 512;
 const DELETE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A map of a segment file and the file itself: while any view of the map is alive, the file's
-/// reference count says so (see `Segment::delete_files`).
+/// reference count says so (see `Segment::finish_delete`).
 struct MappedFile {
     map: Mmap,
     _file: Arc<File>,
@@ -749,7 +759,7 @@ fn map_file(file: &File, len: u64) -> io::Result<Option<Mmap>> {
     // SAFETY: `len` never exceeds the file's size: it is the published length or the size just
     // read at open, and a log file is only truncated at open (before any map exists), after a
     // failed write down to a length no map extends past, or when its deleted segment is cut
-    // down, which `delete_files` does only once no map of it is alive (every map's `Bytes`
+    // down, which `finish_delete` does only once no map of it is alive (every map's `Bytes`
     // holds the file, and it checks the count). Nothing else writes inside the published
     // range, so the mapped bytes do not change under readers.
     let map = unsafe { MmapOptions::new().len(len as usize).map(file)? };
