@@ -1,7 +1,9 @@
 //! Crash test: a child process appends with durability waits and reports every offset once it
-//! is durable; the parent kill -9s it at random moments, many times in a row, reopens the log
-//! each time and checks that every offset reported durable reads back byte-exact and that only
-//! whole, valid batches are served.
+//! is durable, and now and then moves the log start (DeleteRecords: segments are deleted on the
+//! background thread); the parent kill -9s it at random moments, many times in a row, reopens
+//! the log each time and checks that every offset reported durable at or after the log start
+//! reads back byte-exact, that the log start never goes back, and that only whole, valid
+//! batches are served.
 //!
 //! The child is this test binary itself, started with `--ignored --exact crash_child`.
 
@@ -51,6 +53,14 @@ fn crash_child() {
         let value_max = if rng.below(10) == 0 { 40_000 } else { 600 };
         let value_len = rng.below(value_max) as usize;
         let ts = 1_000_000 + rng.below(1_000_000) as i64;
+        if rng.below(60) == 0 {
+            let (start, hw, _) = log.offsets();
+            let to = start + rng.below((hw - start) as u64 / 2 + 1) as i64;
+            let new_start = log.delete_records(to).expect("delete_records");
+            use std::io::Write;
+            let mut out = stdout.lock();
+            writeln!(out, "S {new_start}").and_then(|_| out.flush()).expect("stdout");
+        }
         let info = log.append(&batch(seed, records, value_len, ts)).expect("append");
         in_flight.push_back((info, seed, records, value_len, ts));
         if in_flight.len() > rng.below(8) as usize {
@@ -77,15 +87,24 @@ struct Durable {
     bytes: Vec<u8>,
 }
 
-fn parse(line: &str) -> Option<Durable> {
+/// A child's report: a durable batch, or a log start it reached.
+enum Report {
+    Durable(Durable),
+    Start(i64),
+}
+
+fn parse(line: &str) -> Option<Report> {
     let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() == 2 && f[0] == "S" {
+        return Some(Report::Start(f[1].parse().ok()?));
+    }
     if f.len() != 7 || f[0] != "D" {
         return None;
     }
     let base: i64 = f[1].parse().ok()?;
     let last: i64 = f[2].parse().ok()?;
     let b = batch(f[3].parse().ok()?, f[4].parse().ok()?, f[5].parse().ok()?, f[6].parse().ok()?);
-    Some(Durable { base, last, bytes: stored(b, base) })
+    Some(Report::Durable(Durable { base, last, bytes: stored(b, base) }))
 }
 
 #[test]
@@ -102,6 +121,7 @@ fn crash_kill9_loses_no_durable_record() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut durable: Vec<Durable> = Vec::new();
+    let mut reported_start = 0i64;
     let mut truncations = 0usize;
     for iteration in 0..iterations {
         let engine = if iteration % 2 == 0 { "io_uring" } else { "portable" };
@@ -128,16 +148,23 @@ fn crash_kill9_loses_no_durable_record() {
         });
         // Let it run a random while once it has made progress, then kill -9.
         let first = rx.recv_timeout(Duration::from_secs(60)).expect("child made no progress");
-        let mut got = vec![first];
+        let mut reports = vec![first];
         let run_for = Duration::from_millis(5 + rng.below(300));
         let until = Instant::now() + run_for;
         while let Ok(d) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            got.push(d);
+            reports.push(d);
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         reader.join().unwrap();
-        got.extend(rx.try_iter());
+        reports.extend(rx.try_iter());
+        let mut got = Vec::new();
+        for r in reports {
+            match r {
+                Report::Durable(d) => got.push(d),
+                Report::Start(s) => reported_start = reported_start.max(s),
+            }
+        }
         // Appends are reported in offset order and continue from the previous run's log end.
         for w in got.windows(2) {
             assert_eq!(w[0].last + 1, w[1].base, "iteration {iteration}: gap in reports");
@@ -149,14 +176,21 @@ fn crash_kill9_loses_no_durable_record() {
         let log = Log::open(dir.path().join("t-0"), config(), io.clone()).unwrap();
         truncations += log.open_report().truncations.len();
         let (start, hw, leo) = log.offsets();
-        assert_eq!((start, hw), (0, leo));
+        assert_eq!(hw, leo);
+        assert!(
+            start >= reported_start,
+            "iteration {iteration}: log start {start} went back before {reported_start}"
+        );
         let last_durable = durable.last().map_or(0, |d| d.last + 1);
         assert!(
             leo >= last_durable,
             "iteration {iteration}: log end {leo} below durable {last_durable}"
         );
         let all = read_all(&log);
-        let mut expect_next = 0;
+        let mut expect_next = all.first().map_or(leo, |b| b.0);
+        if let Some((base, last, _)) = all.first() {
+            assert!(*base <= start && start <= *last, "iteration {iteration}: first batch");
+        }
         for (base, last, bytes) in &all {
             assert_eq!(*base, expect_next, "iteration {iteration}: offsets not contiguous");
             validate(bytes, 1 << 20).expect("served batch is valid");
@@ -165,7 +199,7 @@ fn crash_kill9_loses_no_durable_record() {
         assert_eq!(expect_next, leo);
         let by_base: std::collections::HashMap<i64, &Vec<u8>> =
             all.iter().map(|(b, _, x)| (*b, x)).collect();
-        for d in &durable {
+        for d in durable.iter().filter(|d| d.last >= start) {
             let got = by_base.get(&d.base).unwrap_or_else(|| {
                 panic!("iteration {iteration}: durable batch at {} lost", d.base)
             });
@@ -187,7 +221,9 @@ fn crash_kill9_loses_no_durable_record() {
         );
     }
     eprintln!(
-        "{iterations} kills, {} durable batches checked, {truncations} torn tails cut",
+        "{iterations} kills, {} durable batches reported, {truncations} torn tails cut, log start \
+         {reported_start} reported",
         durable.len()
     );
+    assert!(reported_start > 0, "the child never moved the log start");
 }
