@@ -141,7 +141,25 @@ impl Log {
         let stored = PartitionState::read(&dir).map_err(|e| StorageError::io(&dir, e))?;
         let clean = stored.is_some_and(|s| s.clean);
         let mut state = stored.unwrap_or_default();
-        let bases = scan_dir(&dir)?;
+        let mut bases = scan_dir(&dir)?;
+        // Segments wholly below the saved log start were being deleted when the process
+        // stopped (or their deletion did not reach the disk): remove them now. Left in place,
+        // a later segment whose deletion did reach the disk would look like a gap in the log
+        // below, and everything after it would be dropped.
+        let below = bases.windows(2).take_while(|w| w[1] <= state.log_start_offset).count();
+        for base in bases.drain(..below) {
+            tracing::info!(log = %dir.display(), segment = base,
+                "removing a segment below the log start left by an unfinished deletion");
+            let (log, index, time) = segment::paths(&dir, base);
+            for p in [log, index, time] {
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(StorageError::io(&p, e));
+                    }
+                    _ => {}
+                }
+            }
+        }
 
         let mut report = OpenReport { clean, ..OpenReport::default() };
         let mut segments = BTreeMap::new();
@@ -1022,5 +1040,40 @@ mod tests {
         assert!(!dir0.join(format!("{:020}.index", bases[0])).exists());
         assert_eq!(log.offsets().0, bases[2]);
         assert_eq!(read_all(&log).len(), 20 - bases[2] as usize / 4);
+    }
+
+    /// A deletion below the log start that did not fully reach the disk (an earlier segment's
+    /// file back, a later one gone) must not look like a gap in the log: the open removes what
+    /// lies wholly below the log start and cuts nothing.
+    #[test]
+    fn segments_left_below_the_log_start_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(IoThread::start(dir.path(), IoEngineChoice::Auto).unwrap());
+        let config = LogConfig { segment_bytes: 2_048, ..LogConfig::default() };
+        let part = dir.path().join("t-0");
+        let log = Log::open(part.clone(), config.clone(), io.clone()).unwrap();
+        for i in 0..20 {
+            log.append(&batch(i * 10)).unwrap().durable.wait().unwrap();
+        }
+        let bases = log.segment_base_offsets();
+        assert!(bases.len() >= 5, "{bases:?}");
+        let written = read_all(&log);
+        let first = segment::paths(&part, bases[0]);
+        let saved: Vec<Vec<u8>> =
+            [&first.0, &first.1, &first.2].iter().map(|p| std::fs::read(p).unwrap()).collect();
+        assert_eq!(log.delete_records(bases[3]).unwrap(), bases[3]);
+        io.background_barrier();
+        drop(log); // unclean
+                   // The first segment's deletion "did not reach the disk"; the next two's did.
+        for (p, b) in [&first.0, &first.1, &first.2].iter().zip(&saved) {
+            std::fs::write(p, b).unwrap();
+        }
+        let log = Log::open(part.clone(), config, io.clone()).unwrap();
+        let report = log.open_report().clone();
+        assert!(report.truncations.is_empty() && report.segments_dropped == 0, "{report:?}");
+        assert!(!first.0.exists());
+        assert_eq!(log.segment_base_offsets(), bases[3..].to_vec());
+        let kept: Vec<_> = written.into_iter().filter(|(b, _)| *b >= bases[3]).collect();
+        assert_eq!(read_all(&log), kept);
     }
 }
