@@ -260,8 +260,6 @@ impl Future for AnyChanged {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::ApiKey;
     use millrace_storage::batch::BatchBuilder;
@@ -276,7 +274,7 @@ mod tests {
     async fn large_record_sets_after_small_ones_still_go_out_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let broker = testing::broker(&dir);
-        let t = broker.create_topic("t", 4, 1, BTreeMap::new(), false).await.unwrap();
+        let t = testing::topic_t(&broker, 4).await;
         // Partitions 0 and 2 get a small batch, 1 and 3 a large one.
         for p in 0..4 {
             let value = vec![b'v'; if p % 2 == 0 { 10 } else { 4000 }];

@@ -152,7 +152,7 @@ pub(crate) mod testing {
     use millrace_protocol::RequestHeaderInfo;
 
     use crate::config::ServeArgs;
-    use crate::state::Broker;
+    use crate::state::{Broker, Topic};
 
     #[derive(Parser)]
     struct Cli {
@@ -165,6 +165,12 @@ pub(crate) mod testing {
         let data = dir.path().to_str().unwrap_or_else(|| panic!("a UTF-8 temporary directory"));
         let args = Cli::parse_from(["millrace", "--data-dir", data, "--listen", "127.0.0.1:0"]);
         Arc::new(Broker::open(args.serve).unwrap_or_else(|e| panic!("broker opens: {e}")))
+    }
+
+    /// Topic `t` with `partitions` partitions and no config overrides, created on `broker`.
+    pub(crate) async fn topic_t(broker: &Broker, partitions: i32) -> Arc<Topic> {
+        let created = broker.create_topic("t", partitions, 1, Default::default(), false).await;
+        created.unwrap_or_else(|e| panic!("topic t is created: {e:?}"))
     }
 
     pub(crate) fn header(api_key: ApiKey, api_version: i16) -> RequestHeaderInfo {

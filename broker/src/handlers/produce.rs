@@ -126,8 +126,6 @@ async fn finish(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use bytes::Buf as _;
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::ApiKey;
@@ -143,7 +141,7 @@ mod tests {
     async fn v13_tells_an_unknown_topic_id_from_a_missing_partition() {
         let dir = tempfile::tempdir().unwrap();
         let broker = testing::broker(&dir);
-        let t = broker.create_topic("t", 1, 1, BTreeMap::new(), false).await.unwrap();
+        let t = testing::topic_t(&broker, 1).await;
         let h = testing::header(ApiKey::Produce, 13);
         let missing_partition = PartitionProduceData::default().with_index(5);
         let req =

@@ -755,6 +755,11 @@ impl IoThread {
         self.submitter.clone()
     }
 
+    /// See [`Submitter::sync_and_wait`].
+    pub(crate) fn sync_and_wait(&self, log: &Arc<LogProgress>) -> Result<()> {
+        self.submitter.sync_and_wait(log)
+    }
+
     /// Runs `job` on the directory's background thread, after the jobs queued before it. A job
     /// may wait for the I/O thread; it must not hold a reference to this `IoThread`.
     pub(crate) fn background(&self, job: Job) -> Result<()> {
@@ -1212,29 +1217,19 @@ impl Looper {
         l.unsynced_records = 0;
         l.first_unsynced = None;
         let covers = l.progress.written_end.load(Ordering::Acquire);
-        let n = files.len();
-        let lone = (inline && n == 1).then(|| files[0].0.file.as_raw_fd());
-        l.sync = Some(SyncGroup { remaining: n, covers, waiters, error: None, files });
-        if n == 0 {
-            self.finish_sync(id);
-            return;
-        }
-        if let Some(fd) = lone {
-            // The sync group holds the file open.
-            self.sync_completed(id, fdatasync_now(fd));
-            return;
-        }
-        for i in 0..n {
-            let Some(fd) = self
-                .logs
-                .get(&id)
-                .and_then(|l| l.sync.as_ref())
-                .map(|s| s.files[i].0.file.as_raw_fd())
-            else {
-                break;
-            };
-            let tag = self.tag(id);
-            self.engine.fsync(tag, fd);
+        // The sync group holds the files open while these descriptors are in use.
+        let fds: smallvec::SmallVec<[RawFd; 4]> =
+            files.iter().map(|(s, _)| s.file.as_raw_fd()).collect();
+        l.sync = Some(SyncGroup { remaining: fds.len(), covers, waiters, error: None, files });
+        match fds[..] {
+            [] => self.finish_sync(id),
+            [fd] if inline => self.sync_completed(id, fdatasync_now(fd)),
+            _ => {
+                for fd in fds {
+                    let tag = self.tag(id);
+                    self.engine.fsync(tag, fd);
+                }
+            }
         }
     }
 

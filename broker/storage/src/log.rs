@@ -150,15 +150,7 @@ impl Log {
         for base in bases.drain(..below) {
             tracing::info!(log = %dir.display(), segment = base,
                 "removing a segment below the log start left by an unfinished deletion");
-            let (log, index, time) = segment::paths(&dir, base);
-            for p in [log, index, time] {
-                match std::fs::remove_file(&p) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(StorageError::io(&p, e));
-                    }
-                    _ => {}
-                }
-            }
+            segment::remove_files(&dir, base).map_err(|e| StorageError::io(&dir, e))?;
         }
 
         let mut report = OpenReport { clean, ..OpenReport::default() };
@@ -715,11 +707,10 @@ impl Log {
         result.bytes_deleted = doomed.iter().map(|s| s.published_len()).sum();
         result.log_start_offset = inner.log_start_offset;
         // The segments are gone from the log and the log start is durable past them; their
-        // files are unlinked on the background thread, as Kafka deletes asynchronously.
-        // Unlinking a large cached file takes long (0.19 s for 1 GiB here, mostly dropping
-        // its pages and discarding its blocks) and would hold the log's lock, and so its
-        // appends, all that time. Files left by a crash before the unlink lie wholly below the
-        // log start and are deleted by the next retention pass after the open.
+        // files are deleted on the background thread (see `Segment::delete_files` and
+        // `finish_delete`), as Kafka deletes asynchronously: unlinking a large cached file takes
+        // long (0.19 s for 1 GiB here) and stalls the disk. Files left by a crash before that
+        // lie wholly below the log start and are removed by the next open.
         let (dir, health) = (self.dir.clone(), self.io.health().clone());
         self.io.background(Box::new(move || {
             for seg in doomed {
@@ -776,7 +767,7 @@ impl Log {
         // Rolled segments are sealed and the recovery point written first (no roll can queue
         // more meanwhile: that happens under the lock held here).
         self.io.background_barrier();
-        self.io.submitter().sync_and_wait(&self.progress)?;
+        self.io.sync_and_wait(&self.progress)?;
         if self.progress.write_failed.load(Ordering::Acquire) || self.io.health().is_failed() {
             return Err(self.io.health().error());
         }
@@ -806,10 +797,7 @@ fn drop_from(dir: &Path, doomed: &[i64], t: Truncation, report: &mut OpenReport)
     );
     report.truncations.push(t);
     for &later in doomed {
-        let (log, idx, time) = segment::paths(dir, later);
-        for p in [log, idx, time] {
-            let _ = std::fs::remove_file(p);
-        }
+        let _ = segment::remove_files(dir, later);
         report.segments_dropped += 1;
     }
 }
@@ -822,7 +810,7 @@ impl Drop for Log {
         let closed = lock(&self.inner).closed;
         if !closed {
             self.io.background_barrier();
-            let _ = self.io.submitter().sync_and_wait(&self.progress);
+            let _ = self.io.sync_and_wait(&self.progress);
         }
     }
 }

@@ -655,13 +655,9 @@ impl Segment {
         let mut doomed = log.clone().into_os_string();
         doomed.push(DELETED_SUFFIX);
         let doomed = PathBuf::from(doomed);
-        let gone = |r: io::Result<()>| match r {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-        gone(std::fs::rename(&log, &doomed))?;
-        gone(std::fs::remove_file(index))?;
-        gone(std::fs::remove_file(time))?;
+        unless_gone(std::fs::rename(&log, &doomed))?;
+        unless_gone(std::fs::remove_file(index))?;
+        unless_gone(std::fs::remove_file(time))?;
         crate::checkpoint::sync_dir(dir)?;
         Ok(doomed)
     }
@@ -684,10 +680,8 @@ impl Segment {
             return Ok(false);
         }
         self.cut_gradually()?;
-        match std::fs::remove_file(doomed) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(true),
-        }
+        unless_gone(std::fs::remove_file(doomed))?;
+        Ok(true)
     }
 }
 
@@ -721,6 +715,24 @@ impl SegmentState {
     pub(crate) fn indexes_full(&self) -> bool {
         self.offset_index.0.is_full() || self.time_index.0.is_full()
     }
+}
+
+/// `r`, with "not found" counted as success: for removing files that may already be gone.
+fn unless_gone(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Removes whichever of the segment at `base`'s three files exist (trying all three); the
+/// first error, if any.
+pub(crate) fn remove_files(dir: &Path, base: i64) -> io::Result<()> {
+    let (log, index, time) = paths(dir, base);
+    [log, index, time]
+        .into_iter()
+        .map(|p| unless_gone(std::fs::remove_file(p)))
+        .fold(Ok(()), Result::and)
 }
 
 /// Appended to a segment file's name before it is cut down and removed (see
