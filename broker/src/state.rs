@@ -20,6 +20,9 @@ use crate::topic_config;
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: String,
+    /// The name as the protocol crate holds it, shared by every response that names the topic
+    /// (a clone costs no allocation, and holds no request's bytes).
+    pub(crate) wire_name: kafka_protocol::messages::TopicName,
     pub(crate) id: Uuid,
     pub(crate) partitions: RwLock<Vec<Arc<Log>>>,
     pub(crate) configs: RwLock<BTreeMap<String, String>>,
@@ -144,6 +147,7 @@ impl Broker {
                 open_logs(&log_dir, &t.name, 0..t.partitions, &config).map_err(|e| e.message)?;
             topics.insert(Arc::new(Topic {
                 name: t.name.clone(),
+                wire_name: crate::handlers::topic_name(&t.name),
                 id: t.id,
                 partitions: RwLock::new(logs),
                 configs: RwLock::new(t.configs.clone()),
@@ -267,6 +271,7 @@ impl Broker {
         let id = Uuid::new_v4();
         let topic = Arc::new(Topic {
             name: name.to_string(),
+            wire_name: crate::handlers::topic_name(name),
             id,
             partitions: RwLock::new(Vec::new()),
             configs: RwLock::new(configs),

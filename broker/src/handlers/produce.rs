@@ -38,7 +38,12 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
             ec::UNKNOWN_TOPIC_OR_PARTITION
         };
         let mut t = TopicProduceResponse::default();
-        t.name = topic_data.name.clone();
+        // Not a view of the request: the response outlives the append, and the request's
+        // buffer should go back to the connection's pool as soon as its records are written.
+        t.name = match &topic {
+            Some(topic) => topic.wire_name.clone(),
+            None => super::topic_name(&topic_data.name),
+        };
         t.topic_id = topic_data.topic_id;
         for (pi, pd) in topic_data.partition_data.into_iter().enumerate() {
             let mut p = PartitionProduceResponse::default();
@@ -93,7 +98,8 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
     // long it waits behind earlier requests and however many partitions it has.
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.max(0) as u64);
-    let h = h.clone();
+    // Without the client id, a view of the request's buffer.
+    let h = RequestHeaderInfo { client_id: None, ..h.clone() };
     Box::pin(async move { finish(&h, r, waits, deadline).await })
 }
 
