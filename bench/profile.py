@@ -29,6 +29,8 @@ from report import BENCH, cpu_seconds, running_broker, settle  # noqa: E402
 CATEGORIES = [
     ("fdatasync (data writeback, inode write, cache flush, their waits)",
      ("ext4_sync_file", "io_fsync", "__x64_sys_fdatasync", "file_write_and_wait_range"), False),
+    ("direct write (O_DIRECT: block mapping, bio submission and its wait)",
+     ("ext4_dio_write_iter", "iomap_dio_rw", "__iomap_dio_rw"), False),
     ("write into the page cache (copy + ext4 block reservation)",
      ("ext4_buffered_write_iter", "generic_perform_write", "__x64_sys_pwritev", "do_pwritev"), False),
     ("TCP receive (copy out of the socket)", ("tcp_recvmsg", "__x64_sys_recvfrom", "sock_recvmsg"), False),
@@ -84,10 +86,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_500_000)
     ap.add_argument("--rate", type=int, default=300_000, help="records/s of the fixed-rate run")
+    ap.add_argument("--broker-arg", action="append", default=[],
+                    help="an extra `millrace serve` argument (repeatable), e.g. --broker-arg=--log-direct-io")
     a = ap.parse_args()
     if shutil.which("perf") is None:
         sys.exit("perf not found (apt-get install linux-perf)")
-    with running_broker("millrace-profile-") as (data, bs, pid):
+    with running_broker("millrace-profile-", *a.broker_arg) as (data, bs, pid):
         profile(a, data, bs, pid)
 
 
@@ -99,7 +103,8 @@ def profile(a, data, bs, pid):
           "--producer-props", "linger.ms=1", *common]),
         ("produce 1 KiB, acks=all, unthrottled", a.records,
          ["produce", "--topic", "p1", "--num-records", str(a.records), *common]),
-        ("consume 1 KiB records (the unthrottled run's topic, from the page cache)", a.records,
+        ("consume 1 KiB records (the unthrottled run's topic, from the page cache, or the disk "
+         "with direct I/O)", a.records,
          ["consume", "--bootstrap-server", bs, "--topic", "p1", "--messages", str(a.records)]),
     ]
     bench("produce", "--topic", "p1", "--num-records", "1000", *common)  # creates the topics

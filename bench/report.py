@@ -107,6 +107,20 @@ def settle(drop_caches=True):
     time.sleep(1)
 
 
+def mode_table(w, label, default, unthrottled, paced):
+    """The table of a broker mode: the default broker's unthrottled run, the mode's, and the
+    mode's fixed-rate runs."""
+    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rate, r in [("default", "unthrottled", default), (label, "unthrottled", unthrottled),
+                          *[(label, f"{s:.0%} of max", paced[s]) for s in LATENCY_SHARES]]:
+        lat = r["latency_ms"]
+        cpu = r["broker_cpu_s"] / r["gb"]
+        w(f"| {name} | {rate} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
+          f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | {cpu:.2f} | "
+          f"{r['floor_s_per_gb']:.2f} | {cpu / r['floor_s_per_gb']:.2f} |")
+
+
 def bench(*args):
     r = subprocess.run([BENCH, *args, "--json"], capture_output=True, text=True)
     if r.returncode != 0:
@@ -133,8 +147,9 @@ def main():
         rows = []
 
         def produce(name, size, acks, codec, n, throughput=-1, *extra, floor=True, on=None):
-            # `on`: another broker's (data, bootstrap, pid, window) instead of this one.
-            d_, bs_, pid_, window = on or (data, bs, pid, None)
+            # `on`: another broker's (data, bootstrap, pid, extra baseline-disk arguments for
+            # its floor) instead of this one.
+            d_, bs_, pid_, floor_args = on or (data, bs, pid, [])
             settle()
             c0 = cpu_seconds(pid_)
             r = bench("produce", "--bootstrap-server", bs_, "--topic", name, "--num-records", str(n),
@@ -148,8 +163,7 @@ def main():
                 # memory on this VM drifts, so a floor from the start of the run would not do).
                 settle()
                 d = baseline("baseline-disk", "--dir", d_, "--bytes", str(n * size), "--chunk",
-                             str(1 << 20), "--fsync-every-chunk",
-                             *(["--drop-behind", str(window)] if window else []))
+                             str(1 << 20), "--fsync-every-chunk", *floor_args)
                 r["floor_s_per_gb"] = d["cpu_s_per_gb"] + tcp["recv_cpu_s_per_gb"]
             return r
 
@@ -206,17 +220,35 @@ def main():
         # page-cache window on; the floor then drops its pages the same way.
         n = int(3_000_000 * scale)
         unwindowed = produce("l-1024-all", 1024, "all", "none", n)
-        with running_broker("millrace-bench-window-", "--log-page-cache-window-bytes",
-                            str(WINDOW)) as (wdata, wbs, wpid):
-            on = (wdata, wbs, wpid, WINDOW)
-            windowed = produce("w-1024-all", 1024, "all", "none", n, on=on)
-            wpaced = {}
+
+        def unthrottled_then_paced(prefix, on):
+            # Another broker's unthrottled run (topic `<prefix>-1024-all`), then its fixed-rate
+            # runs at shares of that rate.
+            top = produce(f"{prefix}-1024-all", 1024, "all", "none", n, on=on)
+            paced_ = {}
             for share in LATENCY_SHARES:
-                rate = int(windowed["records_per_sec"] * share)
-                wpaced[share] = produce(f"w-latency-{int(share * 100)}", 1024, "all", "none",
+                rate = int(top["records_per_sec"] * share)
+                paced_[share] = produce(f"{prefix}-latency-{int(share * 100)}", 1024, "all", "none",
                                         int(max(rate * 10 * scale, 1000)), rate,
                                         "--producer-props", f"linger.ms={LATENCY_LINGER_MS}",
                                         on=on)
+            return top, paced_
+        with running_broker("millrace-bench-window-", "--log-page-cache-window-bytes",
+                            str(WINDOW)) as (wdata, wbs, wpid):
+            windowed, wpaced = unthrottled_then_paced(
+                "w", (wdata, wbs, wpid, ["--drop-behind", str(WINDOW)]))
+
+        # The same on a broker writing with direct I/O; its floor writes with O_DIRECT too. Then
+        # a consumer from the beginning: all but the newest 8 MiB come from the disk.
+        with running_broker("millrace-bench-direct-", "--log-direct-io") as (ddata, dbs, dpid):
+            direct, dpaced = unthrottled_then_paced("d", (ddata, dbs, dpid, ["--direct"]))
+            settle(drop_caches=True)
+            c0 = cpu_seconds(dpid)
+            dcons = bench("consume", "--bootstrap-server", dbs, "--topic", "d-1024-all",
+                          "--messages", str(n))
+            dcons["broker_cpu_s"] = cpu_seconds(dpid) - c0
+            dcons["gb"] = n * 1024 / 1e9
+            direct_rss = rss_mb(dpid)
 
     def cpu_per_gb(r):
         return r["broker_cpu_s"] / r["gb"]
@@ -264,8 +296,9 @@ def main():
       "with its bytes from the same starting state (plus the TCP receiver), because the cost of new "
       f"page-cache memory drifts on this VM. Of a consumed GB = the cheaper TCP sender = {consume_floor:.2f} s/GB (on loopback "
       "the sender also runs the receiving side's TCP processing). Latency percentiles of the disk rows "
-      "are per chunk (write + fdatasync). The O_DIRECT rows are not part of any floor (the broker "
-      "writes through the page cache, as Kafka does); they show what the page cache costs here.\n")
+      "are per chunk (write + fdatasync). The O_DIRECT rows show what the page cache costs here; "
+      "they are the floor only of the direct I/O section (by default the broker writes through the "
+      "page cache, as Kafka does).\n")
     w("## Produce\n")
     w("| record | acks | codec | records/s | MB/s | vs disk (1 MiB fsync) | vs TCP | p50 ms | p99 ms | p99.9 ms | broker CPU s/GB | CPU floor s/GB | vs floor |")
     w("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -301,15 +334,19 @@ def main():
       "from the disk (`docs/design/storage.md`, \"Page-cache window\"). The floor of these rows "
       "drops its pages the same way (`baseline-disk --drop-behind`). The first row is the same "
       f"run on the default broker ({unwindowed['gb']:.1f} GB).\n")
-    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, rate, r in [("default", "unthrottled", unwindowed), ("window", "unthrottled", windowed),
-                           *[("window", f"{s:.0%} of max", wpaced[s]) for s in LATENCY_SHARES]]:
-        lat = r["latency_ms"]
-        w(f"| {label} | {rate} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
-          f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | {cpu_per_gb(r):.2f} | "
-          f"{r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} |")
+    mode_table(w, "window", unwindowed, windowed, wpaced)
     w("")
+    w("## With direct I/O (`--log-direct-io`)\n")
+    w("Off by default. With it, active segments are written with `O_DIRECT` from an in-memory tail "
+      "(appends are copied there), bypassing the page cache; consumers within the newest 8 MiB of a "
+      "partition read from that memory, older data from the disk (`docs/design/storage.md`, "
+      "\"Direct I/O\"). The floor of these rows writes with `O_DIRECT` too (`baseline-disk --direct`). "
+      f"The first row is the default broker's run above ({unwindowed['gb']:.1f} GB).\n")
+    mode_table(w, "direct", unwindowed, direct, dpaced)
+    w(f"\nConsuming that topic from the beginning ({dcons['gb']:.1f} GB, page cache dropped first, so "
+      f"from the disk): {dcons['records_per_sec']:.0f} records/s, {dcons['mb_per_sec']:.1f} MB/s, broker CPU "
+      f"{cpu_per_gb(dcons):.3f} s/GB ({cpu_per_gb(dcons) / consume_floor:.2f} × the consume floor, which "
+      f"reads from the page cache). Broker resident memory at the end: {direct_rss:.0f} MB.\n")
     w(f"## Consume ({cons['gb']:.1f} GB of 1 KiB records just produced, from the page cache; no group, all partitions assigned)\n")
     w(f"{cons['records_per_sec']:.0f} records/s, {cons['mb_per_sec']:.1f} MB/s "
       f"({cons['mb_per_sec'] / tcp['mb_per_sec']:.2f} of loopback TCP), first record after {cons['first_record_ms']:.0f} ms; "

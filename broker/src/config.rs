@@ -57,6 +57,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MILLRACE_LOG_PAGE_CACHE_WINDOW_BYTES", default_value_t = -1,
           allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub(crate) log_page_cache_window_bytes: i64,
+    /// Write active segments with direct I/O (`O_DIRECT`), bypassing the page cache, and serve
+    /// each partition's newest `--log-direct-io-cache-bytes` to consumers from memory.
+    /// Consumers further behind read from the disk. Millrace's own setting, for hosts where
+    /// page-cache memory is expensive (docs/design/storage.md, "Direct I/O").
+    #[arg(long, env = "MILLRACE_LOG_DIRECT_IO", default_value_t = false)]
+    pub(crate) log_direct_io: bool,
+    /// With `--log-direct-io`: bytes of each partition's newest data kept in memory.
+    #[arg(long, env = "MILLRACE_LOG_DIRECT_IO_CACHE_BYTES", default_value_t = 8 << 20)]
+    pub(crate) log_direct_io_cache_bytes: u64,
     /// How often retention runs (`log.retention.check.interval.ms`).
     #[arg(long, env = "MILLRACE_LOG_RETENTION_CHECK_INTERVAL_MS", default_value_t = 300_000)]
     pub(crate) log_retention_check_interval_ms: u64,

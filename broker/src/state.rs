@@ -129,6 +129,7 @@ impl Broker {
         std::fs::create_dir_all(args.data_dir.join("meta"))?;
         let log_dir = LogDir::open(args.data_dir.join("logs"), IoEngineChoice::from_env())?;
         log_dir.set_page_cache_window(u64::try_from(args.log_page_cache_window_bytes).ok());
+        log_dir.set_direct_io(args.log_direct_io.then_some(args.log_direct_io_cache_bytes));
         let meta_path = args.data_dir.join("meta").join("topics.json");
         let meta: MetaFile = match std::fs::read(&meta_path) {
             Ok(b) => serde_json::from_slice(&b)

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::direct::DirectWrite;
 use crate::error::{Result, StorageError};
 use crate::log::BATCH_PATCH_LEN;
 use crate::segment::Segment;
@@ -404,13 +405,23 @@ impl Piece {
 /// allocation for the list.
 pub(crate) type Pieces = smallvec::SmallVec<[Piece; 4]>;
 
+/// What an append writes.
+#[derive(Debug)]
+pub(crate) enum AppendData {
+    /// Through the page cache, at the append's position.
+    Buffered(Pieces),
+    /// With direct I/O, from the segment's tail.
+    Direct(DirectWrite),
+}
+
 pub(crate) enum Op {
     Append {
         log: Arc<LogProgress>,
         segment: Arc<Segment>,
         position: u64,
-        /// The bytes to write, in order (patched batch heads and slices of the request).
-        data: Pieces,
+        /// The bytes to write: patched batch heads and slices of the request, in order, or
+        /// whole blocks of a direct tail.
+        data: AppendData,
         end_offset: i64,
         records: i64,
         /// Resolves once the bytes are written (in the page cache, readable).
@@ -622,6 +633,8 @@ pub struct IoThread {
     background: Mutex<Option<(SyncSender<Job>, JoinHandle<()>)>>,
     next_log_id: AtomicU64,
     page_cache_window: Arc<AtomicU64>,
+    /// See [`IoThread::set_direct_io`]; `u64::MAX` when off.
+    direct_io: AtomicU64,
 }
 
 /// Sends operations to the I/O thread (waking it when it sleeps on io_uring completions).
@@ -702,6 +715,7 @@ impl IoThread {
             shutdown: false,
             ids: Vec::new(),
             page_cache_window: page_cache_window.clone(),
+            direct: Vec::new(),
         };
         let join = std::thread::Builder::new()
             .name(format!("millrace-io {}", dir.display()))
@@ -721,6 +735,7 @@ impl IoThread {
             background: Mutex::new(Some((jobs, background))),
             next_log_id: AtomicU64::new(1),
             page_cache_window,
+            direct_io: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -732,6 +747,25 @@ impl IoThread {
     pub fn set_page_cache_window(&self, window: Option<u64>) {
         let w = window.map_or(u64::MAX, |w| w.min(u64::MAX - 1));
         self.page_cache_window.store(w, Ordering::Relaxed);
+    }
+
+    /// Writes the active segments of logs opened (and segments rolled) from now on with direct
+    /// I/O, bypassing the page cache, and serves their newest `cache_bytes` (per partition)
+    /// from memory; `None` (the default) writes through the page cache, as Kafka does. Readers
+    /// further behind read through the page cache, from the disk. Where the file system does
+    /// not take `O_DIRECT`, segments are written through the page cache. See
+    /// `docs/design/storage.md`, "Direct I/O".
+    pub fn set_direct_io(&self, cache_bytes: Option<u64>) {
+        let c = cache_bytes.map_or(u64::MAX, |c| c.min(u64::MAX - 1));
+        self.direct_io.store(c, Ordering::Relaxed);
+    }
+
+    /// The tail cache size with direct I/O on, `None` when off.
+    pub(crate) fn direct_io(&self) -> Option<u64> {
+        match self.direct_io.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            c => Some(c),
+        }
     }
 
     /// The engine in use.
@@ -870,6 +904,16 @@ struct SyncGroup {
     files: Vec<(Arc<Segment>, u64)>,
 }
 
+/// An append that was written (or failed), to publish.
+struct Appended {
+    log: Arc<LogProgress>,
+    segment: Arc<Segment>,
+    end_offset: i64,
+    records: i64,
+    written: Completer,
+    done: Completer,
+}
+
 /// Per-log state only the I/O thread touches.
 struct LogIo {
     progress: Arc<LogProgress>,
@@ -906,6 +950,8 @@ struct Looper {
     ids: Vec<u64>,
     /// See [`IoThread::set_page_cache_window`].
     page_cache_window: Arc<AtomicU64>,
+    /// Direct appends taken and not yet written (see [`Looper::take`]).
+    direct: Vec<(Appended, DirectWrite)>,
 }
 
 /// The page-cache window in bytes, `None` when off.
@@ -972,7 +1018,7 @@ impl Looper {
             while took < ROUND_OPS_MAX && !self.shutdown {
                 match self.rx.try_recv() {
                     Ok(op) => {
-                        self.handle(op, &mut iov);
+                        self.take(op, &mut iov);
                         took += 1;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -982,6 +1028,7 @@ impl Looper {
                     }
                 }
             }
+            self.write_direct(&mut iov);
             // 2. Start the group commits that are due. A lone fdatasync, with nothing else in
             // flight and no burst of appends being submitted, runs right here: handing it to
             // io_uring would cost an io-wq worker's wake-up and the completion's, for no
@@ -1122,7 +1169,17 @@ impl Looper {
         tag
     }
 
+    /// Takes one operation and finishes it, direct writes included.
     fn handle(&mut self, op: Op, iov: &mut Vec<libc::iovec>) {
+        self.take(op, iov);
+        self.write_direct(iov);
+    }
+
+    /// Takes one operation. Direct appends are only queued, for [`Looper::write_direct`]: the
+    /// appends of a round to one segment are written together (they share partial blocks, and a
+    /// direct write waits for the device). Anything else is done at once, after the queued
+    /// direct appends (a log's appends are published in order).
+    fn take(&mut self, op: Op, iov: &mut Vec<libc::iovec>) {
         match op {
             Op::Append { log, segment, position, data, end_offset, records, written, done } => {
                 if self.health.is_failed() {
@@ -1130,41 +1187,26 @@ impl Looper {
                     done.complete(Err(self.health.failure()));
                     return;
                 }
-                let result = write_all_at(&segment.file, &data, position, iov);
-                let l = log_io(&mut self.logs, &mut self.idle, &log);
-                match result {
-                    Ok(len) => {
-                        // Published to readers at once, in offset order (the channel's order).
-                        let end = position + len as u64;
-                        segment.publish(end);
-                        l.progress.written_end.store(end_offset, Ordering::Release);
-                        match l.dirty.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &segment)) {
-                            Some((_, e)) => *e = (*e).max(end),
-                            None => l.dirty.push((segment, end)),
-                        }
-                        written.complete(Ok(()));
-                        l.waiting.push(done);
-                        l.unsynced_records += records;
-                        l.first_unsynced.get_or_insert_with(Instant::now);
-                        if l.progress.flush_messages.load(Ordering::Relaxed) > 1 {
-                            l.progress.notify(); // visible before durable under this policy
-                        }
+                let pieces = match data {
+                    AppendData::Direct(write) => {
+                        let a = Appended { log, segment, end_offset, records, written, done };
+                        self.direct.push((a, write));
+                        return;
                     }
-                    Err(cause) => {
-                        self.health.fail(format!(
-                            "write to {} failed: {cause}",
-                            segment.log_path.display()
-                        ));
-                        l.progress.write_failed.store(true, Ordering::Release);
-                        // Cut back to what readers were given (the write may have reached the
-                        // file in part).
-                        if let Err(e) = segment.truncate_after_failure(segment.published_len()) {
-                            tracing::error!(error = %e, "could not truncate after a failed write");
-                        }
-                        written.complete(Err(self.health.failure()));
-                        done.complete(Err(self.health.failure()));
-                    }
-                }
+                    AppendData::Buffered(pieces) => pieces,
+                };
+                self.write_direct(iov);
+                let result = if self.health.is_failed() {
+                    Err(self.health.failure().1) // a queued direct write just failed
+                } else {
+                    write_all_at(&segment.file, &pieces, position, iov)
+                        .map(|len| position + len as u64)
+                };
+                drop(pieces);
+                self.appended(
+                    Appended { log, segment, end_offset, records, written, done },
+                    result,
+                );
             }
             Op::Sync { log, done } => {
                 if self.health.is_failed() {
@@ -1176,6 +1218,108 @@ impl Looper {
                 log_io(&mut self.logs, &mut self.idle, &log).requests.push(done);
             }
             Op::Shutdown => self.shutdown = true,
+        }
+    }
+
+    /// Writes the queued direct appends: one write per run of appends to the same segment,
+    /// covering all of them (from the segment's tail), then publishes each.
+    fn write_direct(&mut self, iov: &mut Vec<libc::iovec>) {
+        if self.direct.is_empty() {
+            return;
+        }
+        let mut queued = std::mem::take(&mut self.direct);
+        // (one past the run's last append, the run's result)
+        let mut runs: smallvec::SmallVec<[(usize, std::result::Result<(), String>); 4]> =
+            smallvec::SmallVec::new();
+        // After a failed write nothing later is written: the directory fails (when the first
+        // failure is published) and every later append with it.
+        let mut failed = self.health.is_failed().then(|| self.health.failure().1);
+        let mut i = 0;
+        while i < queued.len() {
+            let segment = &queued[i].0.segment;
+            let n =
+                queued[i..].iter().take_while(|(a, _)| Arc::ptr_eq(&a.segment, segment)).count();
+            let run = &queued[i..i + n];
+            let result = if let Some(cause) = &failed {
+                Err(cause.clone())
+            } else if n == 1 {
+                run[0].1.write(iov)
+            } else {
+                // One write from the first append's start: the chunks' whole blocks, then the
+                // last append's private copy of its last block. The tail still holds the chunks
+                // of every unpublished append; it is gone only if the segment was rolled past
+                // twice meanwhile: then each is written alone.
+                let (first, last) = (&run[0].1, &run[n - 1].1);
+                let pieces = segment
+                    .state()
+                    .tail
+                    .as_ref()
+                    .map(|t| t.pieces(first.start, crate::direct::align_down(last.end)));
+                match pieces {
+                    Some(pieces) => DirectWrite {
+                        file: first.file.clone(),
+                        start: first.start,
+                        pieces,
+                        block: last.block.clone(),
+                        end: last.end,
+                    }
+                    .write(iov),
+                    None => run.iter().try_for_each(|(_, w)| w.write(iov)),
+                }
+            };
+            if let Err(cause) = &result {
+                failed.get_or_insert_with(|| cause.clone());
+            }
+            i += n;
+            runs.push((i, result));
+        }
+        let mut k = 0;
+        for (at, (a, w)) in queued.drain(..).enumerate() {
+            while runs[k].0 <= at {
+                k += 1;
+            }
+            let end = w.end;
+            drop(w);
+            self.appended(a, runs[k].1.clone().map(|()| end));
+        }
+        self.direct = queued; // keeps its memory
+    }
+
+    /// Publishes a written append and queues it for the log's next sync, or fails the directory.
+    fn appended(&mut self, a: Appended, result: std::result::Result<u64, String>) {
+        let Appended { log, segment, end_offset, records, written, done } = a;
+        let l = log_io(&mut self.logs, &mut self.idle, &log);
+        match result {
+            Ok(end) => {
+                // Published to readers at once, in offset order (the channel's order).
+                segment.publish(end);
+                l.progress.written_end.store(end_offset, Ordering::Release);
+                match l.dirty.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &segment)) {
+                    Some((_, e)) => *e = (*e).max(end),
+                    None => l.dirty.push((segment, end)),
+                }
+                written.complete(Ok(()));
+                l.waiting.push(done);
+                l.unsynced_records += records;
+                l.first_unsynced.get_or_insert_with(Instant::now);
+                if l.progress.flush_messages.load(Ordering::Relaxed) > 1 {
+                    l.progress.notify(); // visible before durable under this policy
+                }
+            }
+            Err(cause) => {
+                if !self.health.is_failed() {
+                    self.health
+                        .fail(format!("write to {} failed: {cause}", segment.log_path.display()));
+                }
+                l.progress.write_failed.store(true, Ordering::Release);
+                // Cut back to what readers were given (the write may have reached the file in
+                // part).
+                if let Err(e) = segment.truncate_after_failure(segment.published_len()) {
+                    tracing::error!(error = %e, "could not truncate after a failed write");
+                }
+                written.complete(Err(self.health.failure()));
+                done.complete(Err(self.health.failure()));
+            }
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod batch;
 mod checkpoint;
 pub mod config;
+mod direct;
 pub mod error;
 mod index;
 pub mod io;
@@ -52,6 +53,11 @@ impl LogDir {
     /// See [`IoThread::set_page_cache_window`].
     pub fn set_page_cache_window(&self, window: Option<u64>) {
         self.io.set_page_cache_window(window);
+    }
+
+    /// See [`IoThread::set_direct_io`].
+    pub fn set_direct_io(&self, cache_bytes: Option<u64>) {
+        self.io.set_direct_io(cache_bytes);
     }
 
     /// The write engine the I/O thread runs.

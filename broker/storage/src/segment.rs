@@ -20,6 +20,7 @@ use memmap2::{Mmap, MmapOptions};
 
 use crate::batch::{self, BatchHeader};
 use crate::config::LogConfig;
+use crate::direct::{self, Tail};
 use crate::error::{Result, StorageError};
 use crate::index::{IndexFile, OffsetIndex, TimeIndex, OFFSET_ENTRY, TIME_ENTRY};
 use crate::log::TimestampLookup;
@@ -58,6 +59,9 @@ pub(crate) struct SegmentState {
     /// When the first batch was appended (wall clock, ms), for `segment.ms`.
     pub(crate) first_append_ms: Option<i64>,
     pub(crate) sealed: bool,
+    /// With direct I/O: the segment's newest bytes in memory, where appends are copied to be
+    /// written from and recent reads are served from (see `direct`).
+    pub(crate) tail: Option<Tail>,
 }
 
 /// See the module comment.
@@ -111,8 +115,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Segment {
-    /// Creates a new empty segment (its files are truncated if they exist).
-    pub(crate) fn create(dir: &Path, base_offset: i64, config: &LogConfig) -> Result<Segment> {
+    /// Creates a new empty segment (its files are truncated if they exist). `direct`: write it
+    /// with direct I/O, keeping that many bytes of its tail in memory.
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        config: &LogConfig,
+        direct: Option<u64>,
+    ) -> Result<Segment> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
         let file = OpenOptions::new()
             .read(true)
@@ -129,6 +139,10 @@ impl Segment {
             IndexFile::create(&time_path, TIME_ENTRY, config.segment_index_bytes)
                 .map_err(|e| StorageError::io(&time_path, e))?,
         );
+        let tail = match direct {
+            Some(budget) => open_direct(&log_path)?.map(|f| Tail::new(f, 0, Vec::new(), budget)),
+            None => None,
+        };
         Ok(Segment {
             base_offset,
             log_path,
@@ -146,6 +160,7 @@ impl Segment {
                 bytes_since_index: 0,
                 first_append_ms: None,
                 sealed: false,
+                tail,
             }),
         })
     }
@@ -263,6 +278,7 @@ impl Segment {
             bytes_since_index: 0,
             first_append_ms: (len > 0).then_some(max_timestamp),
             sealed: false,
+            tail: None,
         }))
     }
 
@@ -294,6 +310,7 @@ impl Segment {
             bytes_since_index: 0,
             first_append_ms: None,
             sealed: false,
+            tail: None,
         };
         let map = map_file(file, len).map_err(|e| StorageError::io(log_path, e))?;
         let data: &[u8] = map.as_deref().unwrap_or(&[]);
@@ -335,6 +352,13 @@ impl Segment {
             state.index_batch(rel, pos as u64, n as u64, h.max_timestamp, h.base_offset, config);
             state.next_offset = h.last_offset() + 1;
             pos += n;
+        }
+        // What a direct write leaves after the log's end (zeros to the block boundary) is not a
+        // torn write: cut it without a report.
+        if bad.is_some() && direct::is_padding(pos as u64, &data[pos..]) {
+            tracing::debug!(segment = %log_path.display(), position = pos, "cutting direct-write padding");
+            bad = None;
+            file.set_len(pos as u64).map_err(|e| StorageError::io(log_path, e))?;
         }
         drop(map);
         state.reserved_len = pos as u64;
@@ -421,6 +445,22 @@ impl Segment {
         self.file.set_len(len)
     }
 
+    /// Cuts what a direct write left after the log's end (zeros to the block boundary) and
+    /// syncs the cut, once every write of this segment is done. A no-op for other segments.
+    pub(crate) fn trim_padding(&self) -> io::Result<()> {
+        let len = self.published_len();
+        if self.file.metadata()?.len() > len {
+            self.file.set_len(len)?;
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of a direct tail's memory: reads go through the file from now on.
+    pub(crate) fn release_tail(&self) {
+        self.state().tail = None;
+    }
+
     /// A `Bytes` over at least the first `upto` published bytes, sharing the file's map.
     fn view(&self, upto: u64) -> Result<Bytes> {
         {
@@ -472,35 +512,75 @@ impl Segment {
     }
 
     /// Whole batches starting with the one that holds `offset` (or the first after it), below
-    /// `end_offset`, up to `max_bytes` (at least one batch when `min_one`). `None` when this
-    /// segment has no batch at or after `offset` below `end_offset` (the caller moves on to the
-    /// next segment); an empty `Bytes` when the first batch does not fit the budget.
+    /// `end_offset`, up to `max_bytes` (at least one batch when `min_one`), with their file
+    /// position when they were read through the file (`None` when they come from a direct
+    /// tail's memory). `None` when this segment has no batch at or after `offset` below
+    /// `end_offset` (the caller moves on to the next segment); an empty `Bytes` when the first
+    /// batch does not fit the budget.
     pub(crate) fn read(
         &self,
         offset: i64,
         end_offset: i64,
         max_bytes: usize,
         min_one: bool,
-    ) -> Result<Option<(Bytes, u64)>> {
+    ) -> Result<Option<(Bytes, Option<u64>)>> {
+        // Recent data of a direct-written segment is in memory (and not in the page cache); older
+        // data is read from the file only up to the first cached batch.
+        let (hit, hint, cached_from) = {
+            let st = self.state();
+            match st.tail.as_ref() {
+                Some(tail) => {
+                    let rel = u32::try_from((offset - self.base_offset).max(0)).unwrap_or(u32::MAX);
+                    let hit = tail.find(offset, self.published_len());
+                    (hit, st.offset_index.lookup(rel), tail.cached_from())
+                }
+                None => (None, None, None),
+            }
+        };
+        let Some(hit) = hit else {
+            return self.read_file(offset, end_offset, max_bytes, min_one, cached_from);
+        };
+        // Start at the index's hint when it points into the chunk at the batch it names.
+        let mut start = hit.first_pos;
+        if let Some((r, p)) = hint {
+            let p = u64::from(p);
+            if p > start && p < hit.limit {
+                match BatchHeader::parse(hit.data(p)) {
+                    Some(h) if h.base_offset == self.base_offset + i64::from(r) => start = p,
+                    _ => {}
+                }
+            }
+        }
+        let data = hit.data(start);
+        let found = Batches { data, pos: 0 }.find(|(_, h, _)| h.last_offset() >= offset);
+        let Some((at, h, n)) = found else { return Ok(None) };
+        match take_batches(data, at, h, n, end_offset, max_bytes, min_one) {
+            None => Ok(None),
+            Some((a, b)) => Ok(Some((hit.bytes(start + a as u64, start + b as u64), None))),
+        }
+    }
+
+    /// [`Segment::read`] through the file's map, not past file position `upto`.
+    fn read_file(
+        &self,
+        offset: i64,
+        end_offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        upto: Option<u64>,
+    ) -> Result<Option<(Bytes, Option<u64>)>> {
         let Some(view) = self.published_view()? else { return Ok(None) };
-        let data = &view[..];
+        let data = match upto {
+            Some(u) => &view[..(u as usize).min(view.len())],
+            None => &view[..],
+        };
         let Some((start, h, n)) = self.position_of(data, offset) else {
             return Ok(None);
         };
-        if h.base_offset >= end_offset {
-            return Ok(None);
+        match take_batches(data, start, h, n, end_offset, max_bytes, min_one) {
+            None => Ok(None),
+            Some((a, b)) => Ok(Some((view.slice(a..b), Some(a as u64)))),
         }
-        if n > max_bytes && !min_one {
-            return Ok(Some((Bytes::new(), start as u64)));
-        }
-        let mut end = start + n;
-        for (pos, h, n) in (Batches { data, pos: end }) {
-            if h.base_offset >= end_offset || pos + n - start > max_bytes {
-                break;
-            }
-            end = pos + n;
-        }
-        Ok(Some((view.slice(start..end), start as u64)))
     }
 
     /// The first record below `end_offset` and at or after `min_offset` whose timestamp is
@@ -629,9 +709,23 @@ impl Segment {
         st.time_index.0.trim()
     }
 
-    /// Preallocates the (trimmed) indexes again so the active segment can take appends.
-    pub(crate) fn reopen_for_append(&self, config: &LogConfig) -> Result<()> {
+    /// Preallocates the (trimmed) indexes again so the active segment can take appends, and
+    /// with `direct` gives it a tail seeded with the file's last partial block.
+    pub(crate) fn reopen_for_append(&self, config: &LogConfig, direct: Option<u64>) -> Result<()> {
         let mut st = self.state();
+        if let Some(budget) = direct {
+            if let Some(f) = open_direct(&self.log_path)? {
+                let end = self.published_len();
+                let mut seed = vec![0u8; (end - direct::align_down(end)) as usize];
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &*self.file,
+                    &mut seed,
+                    direct::align_down(end),
+                )
+                .map_err(|e| StorageError::io(&self.log_path, e))?;
+                st.tail = Some(Tail::new(f, end, seed, budget));
+            }
+        }
         st.offset_index
             .0
             .grow(config.segment_index_bytes)
@@ -718,6 +812,43 @@ impl SegmentState {
 }
 
 /// `r`, with "not found" counted as success: for removing files that may already be gone.
+/// The range of `data` a read returns: the batch `h` (`n` bytes at `start`) and the whole
+/// batches after it below `end_offset` within `max_bytes`; `None` when `h` is at or past
+/// `end_offset`, an empty range when it does not fit and `min_one` is off.
+fn take_batches(
+    data: &[u8],
+    start: usize,
+    h: BatchHeader,
+    n: usize,
+    end_offset: i64,
+    max_bytes: usize,
+    min_one: bool,
+) -> Option<(usize, usize)> {
+    if h.base_offset >= end_offset {
+        return None;
+    }
+    if n > max_bytes && !min_one {
+        return Some((start, start));
+    }
+    let mut end = start + n;
+    for (pos, h, n) in (Batches { data, pos: end }) {
+        if h.base_offset >= end_offset || pos + n - start > max_bytes {
+            break;
+        }
+        end = pos + n;
+    }
+    Some((start, end))
+}
+
+/// [`direct::open`], as a storage error.
+fn open_direct(path: &Path) -> Result<Option<File>> {
+    let f = direct::open(path).map_err(|e| StorageError::io(path, e))?;
+    if f.is_none() {
+        tracing::warn!(segment = %path.display(), "the file system does not take O_DIRECT; writing this segment through the page cache");
+    }
+    Ok(f)
+}
+
 fn unless_gone(r: io::Result<()>) -> io::Result<()> {
     match r {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -770,10 +901,12 @@ fn map_file(file: &File, len: u64) -> io::Result<Option<Mmap>> {
     }
     // SAFETY: `len` never exceeds the file's size: it is the published length or the size just
     // read at open, and a log file is only truncated at open (before any map exists), after a
-    // failed write down to a length no map extends past, or when its deleted segment is cut
+    // failed write down to a length no map extends past, when its deleted segment is cut
     // down, which `finish_delete` does only once no map of it is alive (every map's `Bytes`
-    // holds the file, and it checks the count). Nothing else writes inside the published
-    // range, so the mapped bytes do not change under readers.
+    // holds the file, and it checks the count), or down to its published length (direct-write
+    // padding). Nothing else writes inside the published range (a direct write rewrites the
+    // block holding the published end with the same bytes below it), so the mapped bytes do
+    // not change under readers.
     let map = unsafe { MmapOptions::new().len(len as usize).map(file)? };
     Ok(Some(map))
 }

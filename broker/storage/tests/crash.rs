@@ -5,6 +5,8 @@
 //! reads back byte-exact, that the log start never goes back, and that only whole, valid
 //! batches are served.
 //!
+//! Every other pair of children writes with direct I/O.
+//!
 //! The child is this test binary itself, started with `--ignored --exact crash_child`.
 
 mod common;
@@ -21,6 +23,8 @@ use millrace_storage::{IoEngineChoice, Log, LogConfig};
 
 const DIR_ENV: &str = "MILLRACE_CRASH_DIR";
 const ENGINE_ENV: &str = "MILLRACE_CRASH_ENGINE";
+/// Set to a tail cache size: the child writes with direct I/O.
+const DIRECT_ENV: &str = "MILLRACE_CRASH_DIRECT";
 
 fn config() -> LogConfig {
     LogConfig {
@@ -43,6 +47,7 @@ fn crash_child() {
     };
     let dir = Path::new(&dir);
     let io = io(dir, engine);
+    io.set_direct_io(std::env::var(DIRECT_ENV).ok().and_then(|s| s.parse().ok()));
     let log = Log::open(dir.join("t-0"), config(), io).expect("child open");
     let mut rng = Rng(std::process::id() as u64 | 1);
     let mut in_flight = std::collections::VecDeque::new();
@@ -125,10 +130,13 @@ fn crash_kill9_loses_no_durable_record() {
     let mut truncations = 0usize;
     for iteration in 0..iterations {
         let engine = if iteration % 2 == 0 { "io_uring" } else { "portable" };
+        // Every other pair of runs writes with direct I/O, with a small tail cache.
+        let direct = if iteration / 2 % 2 == 1 { "65536" } else { "" };
         let mut child = Command::new(&exe)
             .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads", "1"])
             .env(DIR_ENV, dir.path())
             .env(ENGINE_ENV, engine)
+            .env(DIRECT_ENV, direct)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -216,7 +224,8 @@ fn crash_kill9_loses_no_durable_record() {
         drop(log);
         drop(io);
         eprintln!(
-            "iteration {iteration}: {} durable batches, log end {leo}, ran {run_for:?}",
+            "iteration {iteration} ({engine}{}): {} durable batches, log end {leo}, ran {run_for:?}",
+            if direct.is_empty() { "" } else { ", direct" },
             durable.len()
         );
     }

@@ -1,7 +1,8 @@
 //! A real full disk: a small ext4 image, loop-mounted (needs root and loop devices; the test
 //! says so and returns when it cannot mount). Appends fail cleanly when the disk fills, every
 //! acknowledged record stays readable, the directory refuses further writes, and after space
-//! is freed a restart recovers everything acknowledged and takes appends again.
+//! is freed a restart recovers everything acknowledged and takes appends again; through the page
+//! cache and with direct I/O.
 
 mod common;
 
@@ -49,8 +50,13 @@ fn config() -> LogConfig {
     }
 }
 
-fn fill_until_full(dir: &Path, engine: IoEngineChoice) -> Vec<(i64, i64, Vec<u8>)> {
+fn fill_until_full(
+    dir: &Path,
+    engine: IoEngineChoice,
+    direct: Option<u64>,
+) -> Vec<(i64, i64, Vec<u8>)> {
     let io = io(dir, engine);
+    io.set_direct_io(direct);
     let log = Log::open(dir.join("t-0"), config(), io.clone()).unwrap();
     let mut acked = Vec::new();
     let mut failure = None;
@@ -69,7 +75,7 @@ fn fill_until_full(dir: &Path, engine: IoEngineChoice) -> Vec<(i64, i64, Vec<u8>
         }
     }
     let e = failure.expect("the disk never filled up");
-    eprintln!("{engine:?}: disk full after {} batches: {e}", acked.len());
+    eprintln!("{engine:?}, direct {direct:?}: disk full after {} batches: {e}", acked.len());
     assert!(matches!(e, StorageError::LogDirFailed { .. } | StorageError::Io { .. }), "{e:?}");
     // The directory now refuses writes with a clear error, and still serves reads.
     let again = log.append(&batch(1, 1, 10, 0)).unwrap_err();
@@ -85,7 +91,9 @@ fn fill_until_full(dir: &Path, engine: IoEngineChoice) -> Vec<(i64, i64, Vec<u8>
 #[test]
 fn full_disk_fails_cleanly_and_loses_nothing_acknowledged() {
     init_tracing();
-    for engine in engines() {
+    // Both engines, through the page cache and with direct I/O.
+    let modes = engines().into_iter().flat_map(|e| [(e, None), (e, Some(256 << 10))]);
+    for (engine, direct) in modes {
         let Some(mount) = Mount::new(12) else {
             eprintln!("skipped: cannot loop-mount an ext4 image here (needs root and /dev/loop*)");
             return;
@@ -95,12 +103,13 @@ fn full_disk_fails_cleanly_and_loses_nothing_acknowledged() {
         let ballast = mount.point.join("ballast");
         std::fs::write(&ballast, vec![7u8; 2 << 20]).unwrap();
 
-        let acked = fill_until_full(&dir, engine);
+        let acked = fill_until_full(&dir, engine, direct);
         assert!(acked.len() > 50);
 
         // Free space, restart: everything acknowledged is there and appends continue.
         std::fs::remove_file(&ballast).unwrap();
         let io = io(&dir, engine);
+        io.set_direct_io(direct);
         let log = Log::open(dir.join("t-0"), config(), io.clone()).unwrap();
         let all = read_all(&log);
         assert!(all.len() >= acked.len());

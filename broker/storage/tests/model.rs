@@ -53,9 +53,16 @@ impl Model {
     }
 }
 
-fn run(engine: IoEngineChoice, segment_bytes: u64, index_interval_bytes: u64, ops: Vec<Op>) {
+fn run(
+    engine: IoEngineChoice,
+    direct: Option<u64>,
+    segment_bytes: u64,
+    index_interval_bytes: u64,
+    ops: Vec<Op>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let io = io(dir.path(), engine);
+    io.set_direct_io(direct);
     let config = LogConfig {
         segment_bytes,
         index_interval_bytes,
@@ -220,11 +227,14 @@ proptest! {
     #[test]
     fn log_agrees_with_model(
         uring in any::<bool>(),
+        // Direct I/O with tail caches of a few blocks (chunks of one or two blocks, so that
+        // batches start new chunks and reads fall back to the file often), or off.
+        direct in proptest::option::of(0u64..40_000),
         segment_bytes in 300u64..6_000,
         index_interval_bytes in 1u64..2_000,
         ops in proptest::collection::vec(op(), 1..80),
     ) {
         let engine = if uring { *engines().first().unwrap() } else { IoEngineChoice::Portable };
-        run(engine, segment_bytes, index_interval_bytes, ops);
+        run(engine, direct, segment_bytes, index_interval_bytes, ops);
     }
 }

@@ -1,0 +1,569 @@
+//! Direct I/O for active segments (opt-in: [`crate::IoThread::set_direct_io`]).
+//!
+//! The buffered write path copies every append into the page cache, whose fresh pages are the
+//! largest and least stable cost on our machines (docs/performance.md). With direct I/O the
+//! active segment keeps a *tail* in memory: appends are copied (under the log's lock) into
+//! aligned chunks, and the I/O thread writes them with `O_DIRECT` from there, a whole number of
+//! blocks at a time. The chunks' memory is reused, so steady writing touches no new memory.
+//!
+//! - **Partial blocks.** A write covers `[align_down(start), align_up(end))` of the file: the
+//!   partial block before an append is written again with it. Its last partial block is written
+//!   from a private copy taken under the log's lock (the appender goes on writing the next
+//!   append into that block of the chunk), with zeros after the end. Only one thread writes, in
+//!   order, so the later write of a block always wins. Its bytes below the old end are the same
+//!   in both versions, so even a torn sector write leaves acknowledged bytes intact. The file is
+//!   longer than the log (by less than a block) until a roll or a clean close cuts the zeros
+//!   off; recovery cuts them too ([`is_padding`]).
+//! - **Chunks.** A batch never spans two chunks: when the next batch does not fit, a new chunk
+//!   starts at the block boundary below the log end, with that partial block copied into it.
+//!   Chunks overlap by that block.
+//! - **Reads.** Recent data is not in the page cache, so readers of the tail are served from
+//!   the chunks (up to `cache bytes` per partition; a rolled segment keeps its tail until the
+//!   next roll). Older data is read through the page cache (a map of the file), only below the
+//!   first cached batch: those blocks were written for the last time.
+//! - **Memory safety.** A chunk is shared between the appender (which writes bytes at or after
+//!   the log end, under the log's lock), the I/O thread (which hands whole blocks below the end
+//!   of the append it writes to the kernel, by raw pointer) and readers (which hold views of
+//!   *published* bytes only). Neither of the last two touches bytes the appender may still
+//!   write; no Rust reference ever covers bytes another thread writes. A chunk or block buffer
+//!   is reused only when nothing else holds it (`Arc::get_mut`, which orders the other
+//!   holders' last use before the reuse).
+
+use std::alloc::{self, Layout};
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Alignment of direct writes (offsets, lengths and memory): 4 KiB suits every logical block
+/// size up to 4 KiB, which covers the disks we run on.
+pub(crate) const BLOCK: u64 = 4096;
+/// Chunks are a quarter of the cache, at most this large (2 MiB with the default cache: a batch
+/// of the default `max.message.bytes` fits; a larger batch gets a chunk of a multiple of the
+/// size).
+const CHUNK_MAX: u64 = 4 << 20;
+/// And at least a block: a small cache gets small chunks.
+const CHUNK_MIN: u64 = BLOCK;
+/// Chunks that left the cache kept for reuse.
+const SPARE_MAX: usize = 2;
+/// Last-block buffers kept for reuse.
+const BLOCKS_KEPT: usize = 32;
+
+pub(crate) fn align_down(x: u64) -> u64 {
+    x & !(BLOCK - 1)
+}
+
+pub(crate) fn align_up(x: u64) -> u64 {
+    (x + BLOCK - 1) & !(BLOCK - 1)
+}
+
+/// Opens `path` for direct writes; `Ok(None)` when the file system does not take `O_DIRECT`
+/// (tmpfs, for one), so that the segment is written through the page cache instead.
+pub(crate) fn open(path: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `len` bytes of block-aligned heap memory.
+pub(crate) struct ChunkBuf {
+    ptr: NonNull<u8>,
+    cap: usize,
+}
+
+// SAFETY: plain heap memory owned by this value. Which thread touches which bytes, and when, is
+// the tail's protocol (module comment); nothing here hands out references across threads.
+unsafe impl Send for ChunkBuf {}
+// SAFETY: as above.
+unsafe impl Sync for ChunkBuf {}
+
+impl std::fmt::Debug for ChunkBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChunkBuf({} bytes)", self.cap)
+    }
+}
+
+impl ChunkBuf {
+    fn layout(cap: usize) -> Layout {
+        // `cap` is a non-zero multiple of BLOCK (a power of two) far below isize::MAX: the
+        // layout is valid, so this cannot fail.
+        Layout::from_size_align(cap, BLOCK as usize).expect("block-aligned layout")
+    }
+
+    fn new(cap: u64) -> Arc<ChunkBuf> {
+        let cap = cap as usize;
+        let layout = Self::layout(cap);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else { alloc::handle_alloc_error(layout) };
+        Arc::new(ChunkBuf { ptr, cap })
+    }
+
+    fn cap(&self) -> u64 {
+        self.cap as u64
+    }
+
+    /// The whole buffer, for its only owner.
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `&mut self` is the only access (the caller got it from `Arc::get_mut`); the
+        // memory is initialised (allocated zeroed) and `cap` long.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
+    }
+
+    /// Address of byte `at` (`at <= cap`).
+    pub(crate) fn ptr(&self, at: usize) -> *const u8 {
+        debug_assert!(at <= self.cap);
+        // SAFETY: `at` is within the allocation (or one past its end).
+        unsafe { self.ptr.as_ptr().add(at) }
+    }
+
+    /// Copies `src` to byte `at`.
+    ///
+    /// # Safety
+    /// `[at, at + src.len())` is within the buffer and nobody holds a reference to it.
+    unsafe fn copy_in(&self, at: usize, src: *const u8, len: usize) {
+        debug_assert!(at + len <= self.cap);
+        // SAFETY: in bounds and unaliased (the caller's promise); `src` is another buffer or
+        // a disjoint part of this one.
+        unsafe { std::ptr::copy_nonoverlapping(src, self.ptr.as_ptr().add(at), len) }
+    }
+}
+
+impl Drop for ChunkBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+    }
+}
+
+/// Published bytes of a chunk, the owner behind a `Bytes` handed to readers.
+struct ChunkView {
+    buf: Arc<ChunkBuf>,
+    from: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for ChunkView {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: views are made of published bytes only, which are never written again while
+        // the chunk is shared (this view holds it), and are within the buffer.
+        unsafe { std::slice::from_raw_parts(self.buf.ptr(self.from), self.len) }
+    }
+}
+
+/// One chunk of the tail: file bytes `[file_start, end)` at `buf[0..]`.
+#[derive(Debug)]
+struct TailChunk {
+    buf: Arc<ChunkBuf>,
+    file_start: u64,
+    end: u64,
+    /// Offset and file position of the first batch that starts in this chunk.
+    first: Option<(i64, u64)>,
+}
+
+/// Pieces of a direct write: (buffer, from, to).
+pub(crate) type DirectPieces = smallvec::SmallVec<[(Arc<ChunkBuf>, usize, usize); 2]>;
+
+/// What the I/O thread writes for one append (or a run of them): `pieces` (whole blocks of
+/// chunks) back to back at file position `start`, then `block`, a private copy of the partial
+/// last block, with `O_DIRECT` through `file`; the log then ends at `end`.
+///
+/// The last block is a copy because the appender goes on writing the next append into that
+/// block of the chunk while the device may still be reading it; the chunk's blocks the pieces
+/// cover are below the log end, never written again.
+#[derive(Debug)]
+pub(crate) struct DirectWrite {
+    pub(crate) file: Arc<File>,
+    pub(crate) start: u64,
+    pub(crate) pieces: DirectPieces,
+    /// `[align_down(end), end)` and zeros to the block boundary; `None` when `end` is aligned.
+    pub(crate) block: Option<Arc<ChunkBuf>>,
+    pub(crate) end: u64,
+}
+
+impl DirectWrite {
+    /// Writes the pieces (continuing short writes, which stay block-aligned; retrying EINTR).
+    pub(crate) fn write(&self, iov: &mut Vec<libc::iovec>) -> Result<(), String> {
+        let total: usize = self.pieces.iter().map(|(_, f, t)| t - f).sum::<usize>()
+            + if self.block.is_some() { BLOCK as usize } else { 0 };
+        let mut done = 0usize;
+        while done < total {
+            iov.clear();
+            let mut skip = done;
+            let block = self.block.as_ref().map(|b| (b.clone(), 0, BLOCK as usize));
+            for (buf, from, to) in self.pieces.iter().chain(block.as_ref()) {
+                let len = to - from;
+                if skip >= len {
+                    skip -= len;
+                    continue;
+                }
+                iov.push(libc::iovec {
+                    iov_base: buf.ptr(from + skip) as *mut libc::c_void,
+                    iov_len: len - skip,
+                });
+                skip = 0;
+            }
+            // SAFETY: the iovecs point into buffers held by `self` (and `block`) for the call,
+            // at bytes nobody writes any more; the kernel only reads them.
+            let n = unsafe {
+                libc::pwritev(
+                    self.file.as_raw_fd(),
+                    iov.as_ptr(),
+                    iov.len() as libc::c_int,
+                    (self.start + done as u64) as libc::off_t,
+                )
+            };
+            match n {
+                n if n > 0 && (n as u64) % BLOCK == 0 => done += n as usize,
+                n if n > 0 => return Err(format!("direct write stopped at {n} bytes, mid-block")),
+                0 => return Err("wrote zero bytes".to_string()),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e.to_string());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a read of the tail starts: a chunk, the file position of its first batch at or before
+/// the wanted offset, and how far its bytes are readable.
+pub(crate) struct TailHit {
+    buf: Arc<ChunkBuf>,
+    file_start: u64,
+    pub(crate) first_pos: u64,
+    pub(crate) limit: u64,
+}
+
+impl TailHit {
+    /// Readable file bytes `[from, self.limit)` of the chunk (`from >= first_pos`).
+    pub(crate) fn data(&self, from: u64) -> &[u8] {
+        debug_assert!(from >= self.first_pos && from <= self.limit);
+        let at = (from - self.file_start) as usize;
+        // SAFETY: bytes below `limit` are published (see `Tail::find`): never written again
+        // while this hit holds the chunk; in bounds.
+        unsafe { std::slice::from_raw_parts(self.buf.ptr(at), (self.limit - from) as usize) }
+    }
+
+    /// A `Bytes` over file bytes `[from, to)` of the chunk, sharing its memory.
+    pub(crate) fn bytes(&self, from: u64, to: u64) -> Bytes {
+        debug_assert!(from >= self.first_pos && to <= self.limit && from <= to);
+        Bytes::from_owner(ChunkView {
+            buf: self.buf.clone(),
+            from: (from - self.file_start) as usize,
+            len: (to - from) as usize,
+        })
+    }
+}
+
+/// The in-memory tail of a direct-written segment. Lives in the segment's state (its lock).
+#[derive(Debug)]
+pub(crate) struct Tail {
+    /// The segment file opened with `O_DIRECT`.
+    file: Arc<File>,
+    chunks: VecDeque<TailChunk>,
+    spare: Vec<Arc<ChunkBuf>>,
+    /// One-block buffers for the last block of writes, reused once their write is done.
+    blocks: Vec<Arc<ChunkBuf>>,
+    /// While there is no chunk yet: the file's bytes of the partial block before `end`.
+    seed: Vec<u8>,
+    /// One past the last byte appended.
+    end: u64,
+    cached: u64,
+    budget: u64,
+    chunk_size: u64,
+}
+
+impl Tail {
+    /// A tail for a segment whose file holds `end` bytes; `seed` is the file's partial block
+    /// before `end` (`end - align_down(end)` bytes).
+    pub(crate) fn new(file: File, end: u64, seed: Vec<u8>, budget: u64) -> Tail {
+        debug_assert_eq!(seed.len() as u64, end - align_down(end));
+        Tail {
+            file: Arc::new(file),
+            chunks: VecDeque::new(),
+            spare: Vec::new(),
+            blocks: Vec::new(),
+            seed,
+            end,
+            cached: 0,
+            budget,
+            chunk_size: align_up((budget / 4).clamp(CHUNK_MIN, CHUNK_MAX)),
+        }
+    }
+
+    /// Copies one batch (`parts`, back to back, starting with offset `base_offset`) to the log
+    /// end. `published` is the segment's published length (chunks wholly below it may leave
+    /// the cache).
+    pub(crate) fn append(&mut self, parts: &[&[u8]], base_offset: i64, published: u64) {
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let pos = self.end;
+        let end = pos + n;
+        let fits = self.chunks.back().is_some_and(|c| align_up(end) - c.file_start <= c.buf.cap());
+        if !fits {
+            self.start_chunk(pos, end, published);
+        }
+        let Some(c) = self.chunks.back_mut() else { unreachable!("start_chunk pushed a chunk") };
+        let mut at = (pos - c.file_start) as usize;
+        for p in parts {
+            // SAFETY: at or after the log end and below align_up(end), within the chunk (it
+            // fits): no reader sees these bytes before they are published, and the I/O thread
+            // only reads them.
+            unsafe { c.buf.copy_in(at, p.as_ptr(), p.len()) };
+            at += p.len();
+        }
+        c.end = end;
+        c.first.get_or_insert((base_offset, pos));
+        self.end = end;
+    }
+
+    fn start_chunk(&mut self, pos: u64, end: u64, published: u64) {
+        let start = align_down(pos);
+        let need = align_up(end) - start;
+        // A multiple of the chunk size, so that chunks of large batches are reused too.
+        let cap = need.div_ceil(self.chunk_size) * self.chunk_size;
+        // `get_mut` (not a count) so that the last reader's or write's use of a spare happens
+        // before it is written again.
+        let free = self.spare.iter_mut().position(|b| b.cap() >= cap && Arc::get_mut(b).is_some());
+        let buf = match free {
+            Some(i) => self.spare.swap_remove(i),
+            None => ChunkBuf::new(cap),
+        };
+        let k = (pos - start) as usize;
+        if k > 0 {
+            let src = match self.chunks.back() {
+                Some(c) => c.buf.ptr((start - c.file_start) as usize),
+                None => self.seed.as_ptr(),
+            };
+            // SAFETY: `buf` is unshared (new, or a spare nothing else holds); the source bytes
+            // were copied in by this appender, below the log end.
+            unsafe { buf.copy_in(0, src, k) };
+        }
+        self.cached += buf.cap();
+        self.chunks.push_back(TailChunk { buf, file_start: start, end: pos, first: None });
+        self.seed = Vec::new();
+        self.evict(published);
+    }
+
+    /// Lets the oldest chunks go while over budget, but only chunks that are wholly published
+    /// (their last block was written for the last time) and never the newest.
+    pub(crate) fn evict(&mut self, published: u64) {
+        while self.chunks.len() > 1 && self.cached > self.budget {
+            match self.chunks.front() {
+                Some(c) if c.end <= published => {}
+                _ => break,
+            }
+            let Some(c) = self.chunks.pop_front() else { break };
+            self.cached -= c.buf.cap();
+            if self.spare.len() < SPARE_MAX {
+                self.spare.push(c.buf);
+            }
+        }
+    }
+
+    /// The write for bytes `[start, end)` just appended (through one or more chunks), `end`
+    /// being the log end.
+    pub(crate) fn write_for(&mut self, start: u64, end: u64) -> DirectWrite {
+        debug_assert_eq!(end, self.end);
+        let lo = align_down(start);
+        let hi = align_down(end);
+        let block = (hi < end).then(|| self.last_block(hi, end));
+        DirectWrite { file: self.file.clone(), start: lo, pieces: self.pieces(lo, hi), block, end }
+    }
+
+    /// Pieces of the chunks covering file bytes `[lo, hi)` (aligned, below the log end, in the
+    /// cache), contiguous on file.
+    pub(crate) fn pieces(&self, lo: u64, hi: u64) -> DirectPieces {
+        let mut upper = hi;
+        let mut pieces = DirectPieces::new();
+        for c in self.chunks.iter().rev() {
+            let from = lo.max(c.file_start);
+            if from < upper {
+                pieces.push((
+                    c.buf.clone(),
+                    (from - c.file_start) as usize,
+                    (upper - c.file_start) as usize,
+                ));
+            }
+            upper = upper.min(c.file_start);
+            if c.file_start <= lo {
+                break;
+            }
+        }
+        pieces.reverse();
+        pieces
+    }
+
+    /// A private copy of file bytes `[hi, end)` (the partial last block) followed by zeros.
+    fn last_block(&mut self, hi: u64, end: u64) -> Arc<ChunkBuf> {
+        let i = match self.blocks.iter_mut().position(|b| Arc::get_mut(b).is_some()) {
+            Some(i) => i,
+            None => {
+                self.blocks.push(ChunkBuf::new(BLOCK));
+                self.blocks.len() - 1
+            }
+        };
+        let Some(c) = self.chunks.back() else { unreachable!("an append made a chunk") };
+        let n = (end - hi) as usize;
+        let at = (hi - c.file_start) as usize;
+        // SAFETY: file bytes `[hi, end)` are in the newest chunk (it starts at or below the
+        // block boundary under the log end) and were copied in by this appender: nobody writes
+        // them any more.
+        let src = unsafe { std::slice::from_raw_parts(c.buf.ptr(at), n) };
+        let buf = &mut self.blocks[i];
+        let Some(b) = Arc::get_mut(buf) else { unreachable!("found unshared above") };
+        let b = b.as_mut_slice();
+        b[..n].copy_from_slice(src);
+        b[n..].fill(0);
+        let out = buf.clone();
+        // A burst of writes in flight may have grown the pool; keep a few.
+        if self.blocks.len() > BLOCKS_KEPT {
+            self.blocks.swap_remove(i);
+        }
+        out
+    }
+
+    /// The chunk holding the batch with `offset`, if it is cached: the newest chunk whose first
+    /// batch is at or before `offset`, readable up to `published`.
+    pub(crate) fn find(&self, offset: i64, published: u64) -> Option<TailHit> {
+        let c = self.chunks.iter().rev().find(|c| c.first.is_some_and(|(o, _)| o <= offset))?;
+        let (_, first_pos) = c.first?;
+        let limit = c.end.min(published);
+        (first_pos <= limit).then(|| TailHit {
+            buf: c.buf.clone(),
+            file_start: c.file_start,
+            first_pos,
+            limit,
+        })
+    }
+
+    /// File position of the first cached batch: reads through the page cache stop there.
+    pub(crate) fn cached_from(&self) -> Option<u64> {
+        self.chunks.iter().find_map(|c| c.first.map(|(_, p)| p))
+    }
+
+    /// Bytes of memory the tail holds (chunks and spares).
+    #[cfg(test)]
+    pub(crate) fn memory(&self) -> u64 {
+        self.cached + self.spare.iter().map(|b| b.cap()).sum::<u64>()
+    }
+}
+
+/// Whether `rest`, the bytes after the last whole batch at file position `pos`, is the zero
+/// padding a direct write leaves: zeros up to the next block boundary and no further.
+pub(crate) fn is_padding(pos: u64, rest: &[u8]) -> bool {
+    !rest.is_empty() && pos + rest.len() as u64 == align_up(pos) && rest.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail(budget: u64) -> (tempfile::TempDir, Tail) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").unwrap();
+        let f = File::options().write(true).open(&path).unwrap();
+        (dir, Tail::new(f, 0, Vec::new(), budget))
+    }
+
+    fn covered(w: &DirectWrite) -> Vec<u8> {
+        let mut out = Vec::new();
+        let block = w.block.as_ref().map(|b| (b.clone(), 0, BLOCK as usize));
+        for (b, f, t) in w.pieces.iter().chain(block.as_ref()) {
+            // SAFETY: test: single thread.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(b.ptr(*f), t - f) });
+        }
+        out
+    }
+
+    #[test]
+    fn writes_cover_whole_blocks_and_rewrite_the_partial_one() {
+        let (_d, mut t) = tail(1 << 20);
+        t.append(&[b"abc", b"de"], 0, 0);
+        let w = t.write_for(0, 5);
+        assert_eq!((w.start, w.end), (0, 5));
+        let bytes = covered(&w);
+        assert_eq!(bytes.len(), 4096);
+        assert_eq!(&bytes[..5], b"abcde");
+        assert!(bytes[5..].iter().all(|&b| b == 0));
+        t.append(&[&[7u8; 5000]], 1, 5);
+        let w = t.write_for(5, 5005);
+        assert_eq!(w.start, 0);
+        let bytes = covered(&w);
+        assert_eq!(bytes.len(), 8192);
+        assert_eq!(&bytes[..5], b"abcde");
+        assert!(bytes[5..5005].iter().all(|&b| b == 7));
+        assert!(bytes[5005..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_batch_that_does_not_fit_starts_a_chunk_with_the_partial_block() {
+        let (_d, mut t) = tail(0); // chunks of one block, one kept
+        let big = vec![1u8; 8192 - 100]; // a chunk of its own size (two blocks)
+        t.append(&[&big], 0, 0);
+        t.append(&[&[2u8; 300]], 10, 0); // spans the chunk's end: a new chunk
+        assert_eq!(t.chunks.len(), 2, "nothing is published: the old chunk stays");
+        let w = t.write_for(big.len() as u64, big.len() as u64 + 300);
+        let start = align_down(big.len() as u64);
+        assert_eq!(w.start, start);
+        assert_eq!(w.pieces.len(), 1, "the new chunk alone covers the whole block");
+        assert!(w.block.is_some(), "and the last block is a private copy");
+        let bytes = covered(&w);
+        let k = (big.len() as u64 - start) as usize;
+        assert!(bytes[..k].iter().all(|&b| b == 1), "the partial block was carried over");
+        assert!(bytes[k..k + 300].iter().all(|&b| b == 2));
+        // Reads: offset 10 is in the new chunk, offset 3 in the old one.
+        let published = big.len() as u64 + 300;
+        let hit = t.find(10, published).unwrap();
+        assert_eq!(hit.first_pos, big.len() as u64);
+        assert_eq!(hit.data(hit.first_pos), &[2u8; 300][..]);
+        assert_eq!(t.find(3, published).unwrap().first_pos, 0);
+        // Once published, the old chunk leaves the cache and its memory is kept for reuse.
+        t.evict(published);
+        assert_eq!(t.chunks.len(), 1);
+        assert_eq!(t.cached_from(), Some(big.len() as u64));
+        assert!(t.find(3, published).is_none());
+        assert_eq!(t.memory(), 2 * 8192);
+    }
+
+    #[test]
+    fn a_write_spanning_two_chunks_is_contiguous_on_file() {
+        let (_d, mut t) = tail(1 << 30);
+        let a = vec![1u8; CHUNK_MAX as usize - 5000];
+        t.append(&[&a], 0, 0);
+        let p1 = a.len() as u64;
+        t.append(&[&[2u8; 1000]], 1, 0);
+        t.append(&[&[3u8; 9000]], 2, 0); // new chunk
+        let w = t.write_for(p1, p1 + 10_000);
+        assert_eq!(w.pieces.len(), 2);
+        assert!(w.block.is_some());
+        let bytes = covered(&w);
+        assert_eq!(w.start, align_down(p1));
+        assert_eq!(bytes.len() as u64, align_up(p1 + 10_000) - align_down(p1));
+        let off = (p1 - align_down(p1)) as usize;
+        assert!(bytes[..off].iter().all(|&b| b == 1));
+        assert!(bytes[off..off + 1000].iter().all(|&b| b == 2));
+        assert!(bytes[off + 1000..off + 10_000].iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn padding_is_zeros_to_the_block_boundary_only() {
+        assert!(is_padding(4000, &[0; 96]));
+        assert!(!is_padding(4000, &[0; 97]));
+        assert!(!is_padding(4000, &[0; 95]));
+        assert!(!is_padding(4000, &[0, 0, 1]));
+        assert!(!is_padding(4096, &[]));
+    }
+}
