@@ -242,13 +242,13 @@ def main():
         # a consumer from the beginning: all but the newest 8 MiB come from the disk.
         with running_broker("millrace-bench-direct-", "--log-direct-io") as (ddata, dbs, dpid):
             direct, dpaced = unthrottled_then_paced("d", (ddata, dbs, dpid, ["--direct"]))
+            direct_rss = rss_mb(dpid)  # before the consumer maps segment pages
             settle(drop_caches=True)
             c0 = cpu_seconds(dpid)
             dcons = bench("consume", "--bootstrap-server", dbs, "--topic", "d-1024-all",
                           "--messages", str(n))
             dcons["broker_cpu_s"] = cpu_seconds(dpid) - c0
             dcons["gb"] = n * 1024 / 1e9
-            direct_rss = rss_mb(dpid)
 
     def cpu_per_gb(r):
         return r["broker_cpu_s"] / r["gb"]
@@ -346,7 +346,7 @@ def main():
     w(f"\nConsuming that topic from the beginning ({dcons['gb']:.1f} GB, page cache dropped first, so "
       f"from the disk): {dcons['records_per_sec']:.0f} records/s, {dcons['mb_per_sec']:.1f} MB/s, broker CPU "
       f"{cpu_per_gb(dcons):.3f} s/GB ({cpu_per_gb(dcons) / consume_floor:.2f} × the consume floor, which "
-      f"reads from the page cache). Broker resident memory at the end: {direct_rss:.0f} MB.\n")
+      f"reads from the page cache). Broker resident memory after the produce runs: {direct_rss:.0f} MB.\n")
     w(f"## Consume ({cons['gb']:.1f} GB of 1 KiB records just produced, from the page cache; no group, all partitions assigned)\n")
     w(f"{cons['records_per_sec']:.0f} records/s, {cons['mb_per_sec']:.1f} MB/s "
       f"({cons['mb_per_sec'] / tcp['mb_per_sec']:.2f} of loopback TCP), first record after {cons['first_record_ms']:.0f} ms; "

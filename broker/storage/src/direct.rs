@@ -64,7 +64,8 @@ pub(crate) fn align_up(x: u64) -> u64 {
 }
 
 /// Opens `path` for direct writes; `Ok(None)` when the file system does not take `O_DIRECT`
-/// (tmpfs, for one), so that the segment is written through the page cache instead.
+/// (tmpfs before Linux 6.6, for one), so that the segment is written through the page cache
+/// instead.
 pub(crate) fn open(path: &Path) -> io::Result<Option<File>> {
     match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
         Ok(f) => Ok(Some(f)),

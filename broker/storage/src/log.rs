@@ -888,6 +888,7 @@ mod tests {
 
     use super::*;
     use crate::batch::{BatchBuilder, BatchHeader};
+    use crate::direct;
     use crate::io::IoEngineChoice;
     use crate::segment::DELETED_SUFFIX;
 
@@ -1006,6 +1007,41 @@ mod tests {
         assert!(!report.clean && report.segments_recovered > 0, "{report:?}");
         assert!(report.truncations.is_empty(), "padding is not a torn write: {report:?}");
         assert_eq!(read_all(&log), want);
+    }
+
+    /// Where the file system refuses `O_DIRECT` (tmpfs before Linux 6.6), segments are written
+    /// through the page cache, with a warning, and work as usual; where it takes it, they are
+    /// written directly. Either way on tmpfs, whichever this kernel does.
+    #[test]
+    fn direct_io_on_tmpfs_is_direct_or_falls_back() {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        // SAFETY: statfs fills the zeroed struct from a NUL-terminated path.
+        let tmpfs = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            libc::statfs(c"/dev/shm".as_ptr(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC
+        };
+        if !tmpfs {
+            eprintln!("skipped: no tmpfs at /dev/shm");
+            return;
+        }
+        let shm = Path::new("/dev/shm");
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let io = Arc::new(IoThread::start(dir.path(), IoEngineChoice::Auto).unwrap());
+        io.set_direct_io(Some(1 << 20));
+        let log = Log::open(dir.path().join("t-0"), LogConfig::default(), io).unwrap();
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let takes_direct = direct::open(&probe).unwrap().is_some();
+        eprintln!("tmpfs takes O_DIRECT here: {takes_direct}");
+        assert_eq!(log.active(&lock(&log.inner)).state().tail.is_some(), takes_direct);
+        let mut want = Vec::new();
+        for i in 0..50 {
+            let info = log.append(&batch(i)).unwrap();
+            info.durable.wait().unwrap();
+            want.push(info.base_offset);
+        }
+        let got: Vec<i64> = read_all(&log).iter().map(|b| b.0).collect();
+        assert_eq!(got, want);
     }
 
     /// Appends from several threads, queued faster than they are written (the I/O thread
