@@ -41,6 +41,8 @@ PAIRS = [
     ("append_1MiB/nowait", "log_1_appender", "baseline_write_then_fdatasync"),
     ("append_1MiB/durable", "log_1_appender", "baseline_write_fdatasync"),
     ("append_1MiB/durable", "log_8_appenders", "baseline_8_writers_fdatasync"),
+    ("append_16KiB/direct_durable", "log_1_appender", "baseline_odirect_write_fdatasync"),
+    ("append_1MiB/direct_durable", "log_1_appender", "baseline_odirect_write_fdatasync"),
     ("read_256MiB/1MiB_reads", "log_read", "baseline_pread"),
     ("read_256MiB/1MiB_reads", "log_read_copy", "baseline_pread"),
     ("lookup_by_offset", "log_read_one_batch", "baseline_sorted_vec_pread"),
@@ -94,7 +96,7 @@ print()
 print("Log figures as a ratio to their same-run baseline (ratio = log speed / baseline speed;")
 print("above 1 the log is faster; ± is half the 95% confidence interval of each estimate)")
 print()
-header = "%-24s %-26s %14s %6s  %-30s %14s %6s  %6s" % (
+header = "%-28s %-26s %14s %6s  %-32s %14s %6s  %6s" % (
     "group", "log", "figure", "±", "baseline", "figure", "±", "ratio")
 print(header)
 print("-" * len(header))
@@ -105,16 +107,16 @@ for group, log_fn, base_fn in PAIRS:
         continue
     shown.add((group, log_fn))
     if base is None:
-        print("%-24s %-26s %14s %5.1f%%  %-30s %s" % (
+        print("%-28s %-26s %14s %5.1f%%  %-32s %s" % (
             group, log_fn, figure(log), log["spread"], base_fn, "(not run)"))
         continue
-    print("%-24s %-26s %14s %5.1f%%  %-30s %14s %5.1f%%  %6.2f" % (
+    print("%-28s %-26s %14s %5.1f%%  %-32s %14s %5.1f%%  %6.2f" % (
         group, log_fn, figure(log), log["spread"], base_fn, figure(base), base["spread"],
         base["ns"] / log["ns"] if log["ns"] else float("nan")))
 
 unpaired = sorted(k for k in results if k[1] and k[1].startswith("log_") and k not in shown)
 for group, fn in unpaired:
-    print("%-24s %-26s %14s  (no baseline partner known to this script)" % (
+    print("%-28s %-26s %14s  (no baseline partner known to this script)" % (
         group, fn, figure(results[(group, fn)])))
 
 lines = []

@@ -23,6 +23,12 @@
 //!   partition of the same log directory (so they share the I/O thread and its fsync rounds),
 //!   against 8 threads each doing `write` + `fdatasync` on its own file. One iteration is one
 //!   batch per thread; throughput counts all 8.
+//! * `append_16KiB/direct_durable`, `append_1MiB/direct_durable` — the same with the log
+//!   directory writing with direct I/O (`LogDir::set_direct_io`): every append waits for its
+//!   `Durable`. `log_1_appender` → `baseline_odirect_write_fdatasync`: the batch copied into an
+//!   aligned buffer after the previous partial block, that block and the batch written with
+//!   `O_DIRECT` from the block boundary, then `fdatasync` (the log's own work, with plain system
+//!   calls).
 //! * `read_256MiB/1MiB_reads` — a sequential scan of a prefilled log of 16 KiB batches (about
 //!   256 MiB) with `Log::read(offset, 1 MiB, min_one)`, the next offset taken from the last
 //!   batch's header. One iteration is one whole scan; the page cache is warm. `log_read` takes
@@ -49,8 +55,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use millrace_bench::{
     bench_log_config, bench_root, last_batch_header, pread_exact, record_batch, small_batch,
-    timed_in_chunks, BaselineFile, KeyGen, LogSink, Sink, DISK_CAP_BYTES, LARGE_BATCH_PAYLOAD,
-    SMALL_BATCH_PAYLOAD,
+    timed_in_chunks, BaselineFile, DirectBaselineFile, KeyGen, LogSink, Sink, SyncFile,
+    DISK_CAP_BYTES, LARGE_BATCH_PAYLOAD, SMALL_BATCH_PAYLOAD,
 };
 use millrace_storage::batch::BatchHeader;
 use millrace_storage::{now_ms, IoEngineChoice, Log, LogDir};
@@ -136,6 +142,46 @@ fn append_nowait(c: &mut Criterion, label: &str, payload: usize) {
     group.finish();
 }
 
+/// `log_1_appender` of a durable group: appends `batch` to `topic` in `dir`, waiting for each.
+fn log_1_appender_durable(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    dir: &LogDir,
+    topic: &str,
+    batch: &[u8],
+) {
+    let len = batch.len() as u64;
+    let mut sink = LogSink::open(dir, topic, 0, bench_log_config());
+    group.bench_function("log_1_appender", |b| {
+        b.iter_custom(|iters| {
+            timed_in_chunks(&mut sink, iters, len, DISK_CAP_BYTES, |s, n| {
+                for _ in 0..n {
+                    s.log().append(batch).expect("append").durable.wait().expect("durable");
+                }
+            })
+        })
+    });
+}
+
+/// A baseline that writes `batch` and fdatasyncs after each, as function `name`.
+fn baseline_write_fdatasync<F: SyncFile>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    file: &mut F,
+    batch: &[u8],
+) {
+    let len = batch.len() as u64;
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            timed_in_chunks(file, iters, len, DISK_CAP_BYTES, |f, n| {
+                for _ in 0..n {
+                    f.write(batch).expect("write");
+                    f.sync().expect("fdatasync");
+                }
+            })
+        })
+    });
+}
+
 fn append_durable(c: &mut Criterion, label: &str, payload: usize) {
     let tmp = temp_dir("append");
     let dir = open_log_dir(&tmp);
@@ -147,29 +193,9 @@ fn append_durable(c: &mut Criterion, label: &str, payload: usize) {
     group.measurement_time(Duration::from_secs(5));
 
     group.throughput(Throughput::Bytes(len));
-    let mut sink = LogSink::open(&dir, "durable", 0, bench_log_config());
-    group.bench_function("log_1_appender", |b| {
-        b.iter_custom(|iters| {
-            timed_in_chunks(&mut sink, iters, len, DISK_CAP_BYTES, |s, n| {
-                for _ in 0..n {
-                    s.log().append(&batch).expect("append").durable.wait().expect("durable");
-                }
-            })
-        })
-    });
-    drop(sink);
-
+    log_1_appender_durable(&mut group, &dir, "durable", &batch);
     let mut file = BaselineFile::create(tmp.path().join("baseline-durable")).expect("create");
-    group.bench_function("baseline_write_fdatasync", |b| {
-        b.iter_custom(|iters| {
-            timed_in_chunks(&mut file, iters, len, DISK_CAP_BYTES, |f, n| {
-                for _ in 0..n {
-                    f.write(&batch).expect("write");
-                    f.sync().expect("fdatasync");
-                }
-            })
-        })
-    });
+    baseline_write_fdatasync(&mut group, "baseline_write_fdatasync", &mut file, &batch);
     drop(file);
 
     let cap = DISK_CAP_BYTES / APPENDERS as u64;
@@ -220,10 +246,30 @@ fn append_durable(c: &mut Criterion, label: &str, payload: usize) {
     group.finish();
 }
 
+/// With direct I/O (`LogDir::set_direct_io`): one appender waiting for every append, against
+/// the same copy and `O_DIRECT` write + `fdatasync` done with plain system calls.
+fn append_direct(c: &mut Criterion, label: &str, payload: usize) {
+    let tmp = temp_dir("append-direct");
+    let dir = open_log_dir(&tmp);
+    dir.set_direct_io(Some(8 << 20));
+    let batch = record_batch(payload, now_ms());
+    let len = batch.len() as u64;
+
+    let mut group = c.benchmark_group(format!("append_{label}/direct_durable"));
+    group.sample_size(10).warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5)).throughput(Throughput::Bytes(len));
+    log_1_appender_durable(&mut group, &dir, "direct", &batch);
+    let path = tmp.path().join("baseline-direct");
+    let mut file = DirectBaselineFile::create(path, batch.len()).expect("create (O_DIRECT)");
+    baseline_write_fdatasync(&mut group, "baseline_odirect_write_fdatasync", &mut file, &batch);
+    group.finish();
+}
+
 fn append(c: &mut Criterion) {
     for (label, payload) in [("16KiB", SMALL_BATCH_PAYLOAD), ("1MiB", LARGE_BATCH_PAYLOAD)] {
         append_nowait(c, label, payload);
         append_durable(c, label, payload);
+        append_direct(c, label, payload);
     }
 }
 

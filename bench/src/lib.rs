@@ -243,6 +243,30 @@ impl BaselineFile {
     }
 }
 
+/// A baseline file that appends and syncs: [`BaselineFile`], [`DirectBaselineFile`].
+pub trait SyncFile: Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()>;
+    fn sync(&self) -> std::io::Result<()>;
+}
+
+impl SyncFile for BaselineFile {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        BaselineFile::write(self, data)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        BaselineFile::sync(self)
+    }
+}
+
+impl SyncFile for DirectBaselineFile {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        DirectBaselineFile::write(self, data)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        DirectBaselineFile::sync(self)
+    }
+}
+
 impl Sink for BaselineFile {
     fn stored_bytes(&self) -> u64 {
         self.len
@@ -263,6 +287,122 @@ impl Sink for BaselineFile {
 }
 
 impl Drop for BaselineFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The `O_DIRECT` baseline of the direct-I/O log: appends are copied into an aligned buffer
+/// after the partial last block of the previous one, and that block and the new bytes are
+/// written with `pwrite` at the block boundary (the same copy and the same partial-block rewrite
+/// the log does, with plain system calls).
+#[derive(Debug)]
+pub struct DirectBaselineFile {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    buf: AlignedBuf,
+}
+
+/// Block-aligned heap memory for `O_DIRECT` writes.
+#[derive(Debug)]
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    cap: usize,
+}
+
+const DIRECT_BLOCK: usize = 4096;
+
+impl AlignedBuf {
+    fn layout(cap: usize) -> std::alloc::Layout {
+        // A non-zero multiple of 4096 with alignment 4096: always a valid layout.
+        std::alloc::Layout::from_size_align(cap, DIRECT_BLOCK).expect("aligned layout")
+    }
+
+    fn new(cap: usize) -> AlignedBuf {
+        let cap = cap.div_ceil(DIRECT_BLOCK).max(1) * DIRECT_BLOCK;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(cap)) };
+        let Some(ptr) = std::ptr::NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(Self::layout(cap))
+        };
+        AlignedBuf { ptr, cap }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `cap` initialised bytes (allocated zeroed), owned by `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+    }
+}
+
+fn open_direct(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+impl DirectBaselineFile {
+    /// Creates (truncating) the file at `path` for appends of up to `max_append` bytes.
+    pub fn create(path: impl Into<PathBuf>, max_append: usize) -> std::io::Result<Self> {
+        let path = path.into();
+        let file = open_direct(&path)?;
+        Ok(DirectBaselineFile {
+            path,
+            file,
+            len: 0,
+            buf: AlignedBuf::new(max_append + 2 * DIRECT_BLOCK),
+        })
+    }
+
+    /// Appends `data`: copied after the partial last block, written from the block boundary.
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let carried = (self.len % DIRECT_BLOCK as u64) as usize;
+        let end = carried + data.len();
+        let padded = end.div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
+        let buf = self.buf.as_mut();
+        buf[carried..end].copy_from_slice(data);
+        buf[end..padded].fill(0);
+        self.file.write_all_at(&buf[..padded], self.len - carried as u64)?;
+        // The new partial block moves to the front for the next append.
+        let last = end / DIRECT_BLOCK * DIRECT_BLOCK;
+        buf.copy_within(last..end, 0);
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// `fdatasync`.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl Sink for DirectBaselineFile {
+    fn stored_bytes(&self) -> u64 {
+        self.len
+    }
+    fn recycle(&mut self) -> std::io::Result<()> {
+        std::fs::remove_file(&self.path)?;
+        self.file = open_direct(&self.path)?;
+        self.len = 0;
+        if let Some(parent) = self.path.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DirectBaselineFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
