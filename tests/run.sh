@@ -29,6 +29,18 @@ if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs) first" >&2
   exit 1
 fi
+# rustfmt and clippy come with rustup's default profile; a minimal install lacks them.
+for component in rustfmt clippy; do
+  sub=fmt; [ "$component" = clippy ] && sub=clippy
+  if ! cargo "$sub" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null; then
+      rustup component add "$component"
+    else
+      echo "cargo $sub not found: install the $component component of your Rust toolchain" >&2
+      exit 1
+    fi
+  fi
+done
 
 # Python clients in a virtualenv under target/ (kept between runs).
 venv=target/e2e-venv
