@@ -20,7 +20,10 @@
 //! - **Reads.** Recent data is not in the page cache, so readers of the tail are served from
 //!   the chunks (up to `cache bytes` per partition; a rolled segment keeps its tail until the
 //!   next roll). Older data is read through the page cache (a map of the file), only below the
-//!   first cached batch: those blocks were written for the last time.
+//!   first cached batch. Blocks wholly below it were written for the last time; for the one
+//!   holding it (rewritten while the log end is in it) the kernel's dropping of cached pages
+//!   after a direct write keeps readers right, and the bytes they read are the same in every
+//!   version of the block.
 //! - **Memory safety.** A chunk is shared between the appender (which writes bytes at or after
 //!   the log end, under the log's lock), the I/O thread (which hands whole blocks below the end
 //!   of the append it writes to the kernel, by raw pointer) and readers (which hold views of
@@ -54,6 +57,8 @@ const CHUNK_MIN: u64 = BLOCK;
 const SPARE_MAX: usize = 2;
 /// Last-block buffers kept for reuse.
 const BLOCKS_KEPT: usize = 32;
+/// Iovecs per `pwritev` (Linux's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 
 pub(crate) fn align_down(x: u64) -> u64 {
     x & !(BLOCK - 1)
@@ -211,6 +216,11 @@ impl DirectWrite {
                     iov_len: len - skip,
                 });
                 skip = 0;
+                // The kernel takes at most this many per call; the rest follows (every piece is
+                // whole blocks, so each call ends on a block boundary).
+                if iov.len() == IOV_MAX {
+                    break;
+                }
             }
             // SAFETY: the iovecs point into buffers held by `self` (and `block`) for the call,
             // at bytes nobody writes any more; the kernel only reads them.
@@ -557,6 +567,32 @@ mod tests {
         assert!(bytes[..off].iter().all(|&b| b == 1));
         assert!(bytes[off..off + 1000].iter().all(|&b| b == 2));
         assert!(bytes[off + 1000..off + 10_000].iter().all(|&b| b == 3));
+    }
+
+    /// A write of more pieces than one `pwritev` takes (a round of many appends that each
+    /// started a chunk) goes out in several calls, whole.
+    #[test]
+    fn a_write_of_more_than_iov_max_pieces_is_written_whole() {
+        let (d, mut t) = tail(0); // chunks of one block
+        let mut want = Vec::new();
+        for i in 0..(IOV_MAX + 300) {
+            // Each batch is one block and a bit: every one starts a chunk of two blocks.
+            let b = vec![(i % 251) as u8; 4096 + 7];
+            t.append(&[&b], i as i64, 0);
+            want.extend_from_slice(&b);
+        }
+        let end = want.len() as u64;
+        let mut w = t.write_for(0, end);
+        assert!(w.pieces.len() > IOV_MAX, "{} pieces", w.pieces.len());
+        let path = d.path().join("f");
+        let Some(f) = open(&path).unwrap() else {
+            eprintln!("skipped: no O_DIRECT here");
+            return;
+        };
+        w.file = Arc::new(f);
+        w.write(&mut Vec::new()).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(&got[..want.len()], &want[..]);
     }
 
     #[test]

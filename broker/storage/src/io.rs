@@ -1250,11 +1250,12 @@ impl Looper {
                 // of every unpublished append; it is gone only if the segment was rolled past
                 // twice meanwhile: then each is written alone.
                 let (first, last) = (&run[0].1, &run[n - 1].1);
-                let pieces = segment
-                    .state()
-                    .tail
-                    .as_ref()
-                    .map(|t| t.pieces(first.start, crate::direct::align_down(last.end)));
+                // Not waiting for the segment's lock: a seal of a just-rolled segment holds it
+                // for milliseconds (then its appends are written one by one).
+                let pieces = segment.try_state().and_then(|st| {
+                    let tail = st.tail.as_ref()?;
+                    Some(tail.pieces(first.start, crate::direct::align_down(last.end)))
+                });
                 match pieces {
                     Some(pieces) => DirectWrite {
                         file: first.file.clone(),

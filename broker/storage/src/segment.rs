@@ -383,6 +383,15 @@ impl Segment {
         lock(&self.state)
     }
 
+    /// The state if its lock is free now.
+    pub(crate) fn try_state(&self) -> Option<MutexGuard<'_, SegmentState>> {
+        match self.state.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Bytes written and readable.
     pub(crate) fn published_len(&self) -> u64 {
         self.published_len.load(Ordering::Acquire)
