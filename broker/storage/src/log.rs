@@ -1083,6 +1083,62 @@ mod tests {
         assert!(log.segment_count() > 3);
     }
 
+    /// A reader at the tail while an appender writes with direct I/O and a cache of a few
+    /// chunks: reads come from chunks that are being evicted and reused meanwhile, and the
+    /// reader holds on to some results for a while (so reuse must wait for it). Every batch read
+    /// is whole, valid and the one appended at that offset.
+    #[test]
+    fn direct_tail_reads_while_appending_stay_whole() {
+        let (dir, io, config) = direct_dir(12 << 10, 1 << 30);
+        let log = Arc::new(Log::open(dir.path().join("t-0"), config, io).unwrap());
+        const BATCHES: i64 = 3000;
+        let appender = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..BATCHES {
+                    let info = log.append(&batch(i)).unwrap();
+                    if i % 7 == 0 {
+                        info.durable.wait().unwrap();
+                    }
+                }
+            })
+        };
+        // Checks a read result that starts at offset `at`; returns the offset after it.
+        let check = |records: &Bytes, mut at: i64| -> i64 {
+            let batches = crate::batch::validate(records, 1 << 20).unwrap();
+            for b in &batches {
+                let h = BatchHeader::parse(&records[b.position..]).unwrap();
+                assert_eq!(h.base_offset, at, "batches in offset order, none skipped");
+                let i = at / 4;
+                let body = &records[b.position..b.position + b.len];
+                assert!(body.windows(100).any(|w| w.iter().all(|&x| x == i as u8)), "batch {i}");
+                at = h.last_offset() + 1;
+            }
+            at
+        };
+        let mut held = std::collections::VecDeque::new();
+        let mut next = 0i64;
+        let mut from_memory = 0;
+        while next < BATCHES * 4 {
+            let r = log.read(next, 2048, true).unwrap();
+            if r.records.is_empty() {
+                std::thread::yield_now();
+                continue;
+            }
+            from_memory += usize::from(r.file_slice.is_none());
+            let after = check(&r.records, next);
+            held.push_back((r.records, next));
+            next = after;
+            // What a reader holds stays as it was, however far the tail moved meanwhile.
+            if held.len() > 16 {
+                let (records, at) = held.pop_front().unwrap();
+                check(&records, at);
+            }
+        }
+        appender.join().unwrap();
+        assert!(from_memory > 100, "only {from_memory} reads came from the tail");
+    }
+
     /// A roll seals the old segment on the background thread, and only then moves the
     /// recovery point past it. A crash after some rolls were sealed and others not (simulated:
     /// the thread is held while the directory is copied, as a crash would leave it) leaves
