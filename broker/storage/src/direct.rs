@@ -69,13 +69,45 @@ pub(crate) fn align_up(x: u64) -> u64 {
 }
 
 /// Opens `path` for direct writes; `Ok(None)` when the file system does not take `O_DIRECT`
-/// (tmpfs before Linux 6.6, for one), so that the segment is written through the page cache
-/// instead.
+/// (tmpfs before Linux 6.6, for one) or says it needs an alignment that [`BLOCK`] does not
+/// satisfy, so that the segment is written through the page cache instead.
 pub(crate) fn open(path: &Path) -> io::Result<Option<File>> {
     match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
-        Ok(f) => Ok(Some(f)),
+        Ok(f) => Ok(block_suits(&f).then_some(f)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// The direct-I/O alignment the file system asks for (`statx` with `STATX_DIOALIGN`, Linux
+/// 6.1+), if it says: `(memory, file offset)`; `(0, 0)` means no direct I/O on this file.
+fn dio_align(f: &File) -> Option<(u32, u32)> {
+    // SAFETY: statx fills the zeroed struct for the open descriptor (empty path with
+    // AT_EMPTY_PATH); the path is a NUL-terminated literal.
+    let stx = unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let rc = libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        );
+        (rc == 0).then_some(stx)?
+    };
+    (stx.stx_mask & libc::STATX_DIOALIGN != 0)
+        .then_some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
+}
+
+/// Whether writes aligned to [`BLOCK`] (memory, offsets and lengths) suit the file. A kernel
+/// that does not say is taken to accept them (4 KiB covers the logical block sizes in use).
+fn block_suits(f: &File) -> bool {
+    match dio_align(f) {
+        None => true,
+        Some((mem, off)) => {
+            let fits = |a: u32| a != 0 && BLOCK % u64::from(a) == 0;
+            fits(mem) && fits(off)
+        }
     }
 }
 
@@ -593,6 +625,28 @@ mod tests {
         w.write(&mut Vec::new()).unwrap();
         let got = std::fs::read(&path).unwrap();
         assert_eq!(&got[..want.len()], &want[..]);
+    }
+
+    /// Where the kernel reports the file system's direct-I/O alignment, 4 KiB satisfies it
+    /// here (ext4), and `open` takes the file for direct writes.
+    #[test]
+    fn the_reported_alignment_suits_whole_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("f");
+        std::fs::write(&path, b"").unwrap();
+        let f = File::open(&path).unwrap();
+        match dio_align(&f) {
+            Some((mem, off)) => {
+                eprintln!("direct I/O alignment: memory {mem}, offsets {off}");
+                if off == 0 {
+                    assert!(open(&path).unwrap().is_none(), "no direct I/O: falls back");
+                } else {
+                    assert!(block_suits(&f));
+                    assert!(open(&path).unwrap().is_some());
+                }
+            }
+            None => eprintln!("this kernel does not report direct-I/O alignment"),
+        }
     }
 
     #[test]

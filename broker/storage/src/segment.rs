@@ -853,7 +853,7 @@ fn take_batches(
 fn open_direct(path: &Path) -> Result<Option<File>> {
     let f = direct::open(path).map_err(|e| StorageError::io(path, e))?;
     if f.is_none() {
-        tracing::warn!(segment = %path.display(), "the file system does not take O_DIRECT; writing this segment through the page cache");
+        tracing::warn!(segment = %path.display(), "the file system does not take O_DIRECT with 4 KiB alignment; writing this segment through the page cache");
     }
     Ok(f)
 }
