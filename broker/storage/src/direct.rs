@@ -228,6 +228,33 @@ pub(crate) struct DirectWrite {
 }
 
 impl DirectWrite {
+    /// One write for appends to a segment that follow each other in the file (non-empty, in
+    /// order): write `i + 1` starts at the block where write `i`'s last block was, so their
+    /// chunk pieces back to back (neighbours in the same chunk joined) and the last write's
+    /// block cover them all.
+    pub(crate) fn join<'a>(mut writes: impl Iterator<Item = &'a DirectWrite>) -> DirectWrite {
+        let Some(first) = writes.next() else { unreachable!("a run has an append") };
+        let mut joined = DirectWrite {
+            file: first.file.clone(),
+            start: first.start,
+            pieces: first.pieces.clone(),
+            block: first.block.clone(),
+            end: first.end,
+        };
+        for w in writes {
+            debug_assert_eq!(w.start, align_down(joined.end));
+            for (buf, from, to) in &w.pieces {
+                match joined.pieces.last_mut() {
+                    Some((b, _, t)) if Arc::ptr_eq(b, buf) && *t == *from => *t = *to,
+                    _ => joined.pieces.push((buf.clone(), *from, *to)),
+                }
+            }
+            joined.block = w.block.clone();
+            joined.end = w.end;
+        }
+        joined
+    }
+
     /// Writes the pieces (continuing short writes, which stay block-aligned; retrying EINTR).
     pub(crate) fn write(&self, iov: &mut Vec<libc::iovec>) -> Result<(), String> {
         let total: usize = self.pieces.iter().map(|(_, f, t)| t - f).sum::<usize>()
@@ -427,7 +454,7 @@ impl Tail {
 
     /// Pieces of the chunks covering file bytes `[lo, hi)` (aligned, below the log end, in the
     /// cache), contiguous on file.
-    pub(crate) fn pieces(&self, lo: u64, hi: u64) -> DirectPieces {
+    fn pieces(&self, lo: u64, hi: u64) -> DirectPieces {
         let mut upper = hi;
         let mut pieces = DirectPieces::new();
         for c in self.chunks.iter().rev() {
@@ -647,6 +674,24 @@ mod tests {
             }
             None => eprintln!("this kernel does not report direct-I/O alignment"),
         }
+    }
+
+    /// Writes of appends that follow each other, joined, cover the same bytes as one write of
+    /// them all, across a chunk change and appends inside one block.
+    #[test]
+    fn joined_writes_cover_what_one_write_would() {
+        let (_d, mut t) = tail(0);
+        let mut writes = Vec::new();
+        let mut pos = 0u64;
+        for (i, len) in [100usize, 5000, 30, 9000, 7].into_iter().enumerate() {
+            t.append(&[&vec![i as u8 + 1; len]], i as i64, 0);
+            writes.push(t.write_for(pos, pos + len as u64));
+            pos += len as u64;
+        }
+        let joined = DirectWrite::join(writes.iter());
+        let whole = t.write_for(0, pos);
+        assert_eq!((joined.start, joined.end), (whole.start, whole.end));
+        assert_eq!(covered(&joined), covered(&whole));
     }
 
     #[test]

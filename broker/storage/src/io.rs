@@ -1228,61 +1228,31 @@ impl Looper {
             return;
         }
         let mut queued = std::mem::take(&mut self.direct);
-        // (one past the run's last append, the run's result)
-        let mut runs: smallvec::SmallVec<[(usize, std::result::Result<(), String>); 4]> =
-            smallvec::SmallVec::new();
         // After a failed write nothing later is written: the directory fails (when the first
         // failure is published) and every later append with it.
         let mut failed = self.health.is_failed().then(|| self.health.failure().1);
-        let mut i = 0;
-        while i < queued.len() {
-            let segment = &queued[i].0.segment;
-            let n =
-                queued[i..].iter().take_while(|(a, _)| Arc::ptr_eq(&a.segment, segment)).count();
-            let run = &queued[i..i + n];
-            let result = if let Some(cause) = &failed {
-                Err(cause.clone())
-            } else if n == 1 {
-                run[0].1.write(iov)
-            } else {
-                // One write from the first append's start: the chunks' whole blocks, then the
-                // last append's private copy of its last block. The tail still holds the chunks
-                // of every unpublished append; it is gone only if the segment was rolled past
-                // twice meanwhile: then each is written alone.
-                let (first, last) = (&run[0].1, &run[n - 1].1);
-                // Not waiting for the segment's lock: a seal of a just-rolled segment holds it
-                // for milliseconds (then its appends are written one by one).
-                let pieces = segment.try_state().and_then(|st| {
-                    let tail = st.tail.as_ref()?;
-                    Some(tail.pieces(first.start, crate::direct::align_down(last.end)))
-                });
-                match pieces {
-                    Some(pieces) => DirectWrite {
-                        file: first.file.clone(),
-                        start: first.start,
-                        pieces,
-                        block: last.block.clone(),
-                        end: last.end,
-                    }
-                    .write(iov),
-                    None => run.iter().try_for_each(|(_, w)| w.write(iov)),
-                }
+        // Per run of appends to one segment: its length and its write's result. A segment's
+        // appends are queued in file order, back to back, so a run is one write.
+        let mut runs: smallvec::SmallVec<[(usize, std::result::Result<(), String>); 4]> =
+            smallvec::SmallVec::new();
+        for run in queued.chunk_by(|a, b| Arc::ptr_eq(&a.0.segment, &b.0.segment)) {
+            let result = match (&failed, run) {
+                (Some(cause), _) => Err(cause.clone()),
+                (None, [(_, w)]) => w.write(iov),
+                (None, _) => DirectWrite::join(run.iter().map(|(_, w)| w)).write(iov),
             };
             if let Err(cause) = &result {
                 failed.get_or_insert_with(|| cause.clone());
             }
-            i += n;
-            runs.push((i, result));
+            runs.push((run.len(), result));
         }
-        let mut k = 0;
-        for (at, (a, w)) in queued.drain(..).enumerate() {
-            while runs[k].0 <= at {
-                k += 1;
+        let mut appends = queued.drain(..);
+        for (n, result) in runs {
+            for (a, w) in appends.by_ref().take(n) {
+                self.appended(a, result.clone().map(|()| w.end));
             }
-            let end = w.end;
-            drop(w);
-            self.appended(a, runs[k].1.clone().map(|()| end));
         }
+        drop(appends);
         self.direct = queued; // keeps its memory
     }
 

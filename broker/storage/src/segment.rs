@@ -383,15 +383,6 @@ impl Segment {
         lock(&self.state)
     }
 
-    /// The state if its lock is free now.
-    pub(crate) fn try_state(&self) -> Option<MutexGuard<'_, SegmentState>> {
-        match self.state.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
-    }
-
     /// Bytes written and readable.
     pub(crate) fn published_len(&self) -> u64 {
         self.published_len.load(Ordering::Acquire)
@@ -501,23 +492,44 @@ impl Segment {
         Ok(Some(self.view(len)?.slice(..len as usize)))
     }
 
+    /// The offset index's entry at or before `offset`: `(relative offset, position)`.
+    fn index_hint(st: &SegmentState, base_offset: i64, offset: i64) -> Option<(u32, u32)> {
+        let rel = u32::try_from((offset - base_offset).max(0)).unwrap_or(u32::MAX);
+        st.offset_index.lookup(rel)
+    }
+
+    /// Whether `at` (the bytes at an index entry's position) starts the batch the entry names.
+    fn hint_matches(&self, relative_offset: u32, at: Option<&[u8]>) -> bool {
+        at.and_then(BatchHeader::parse)
+            .is_some_and(|h| h.base_offset == self.base_offset + i64::from(relative_offset))
+    }
+
     /// Position of the batch holding `offset` (or the first after it), scanning forward from
-    /// the index's hint. An index entry that does not point at the batch it names (a corrupt
-    /// index) is ignored and the scan starts at the segment's beginning.
-    fn position_of(&self, data: &[u8], offset: i64) -> Option<(usize, BatchHeader, usize)> {
-        let rel = u32::try_from((offset - self.base_offset).max(0)).unwrap_or(u32::MAX);
-        let hint = self.state().offset_index.lookup(rel);
+    /// the index's `hint` (see [`Segment::index_hint`]). An index entry that does not point at
+    /// the batch it names (a corrupt index) is ignored and the scan starts at the segment's
+    /// beginning.
+    fn position_of(
+        &self,
+        data: &[u8],
+        offset: i64,
+        hint: Option<(u32, u32)>,
+    ) -> Option<(usize, BatchHeader, usize)> {
         let mut start = 0usize;
         if let Some((r, p)) = hint {
-            match data.get(p as usize..).and_then(BatchHeader::parse) {
-                Some(h) if h.base_offset == self.base_offset + i64::from(r) => start = p as usize,
-                _ => {
-                    tracing::warn!(segment = %self.log_path.display(), entry_offset = r, entry_position = p,
+            if self.hint_matches(r, data.get(p as usize..)) {
+                start = p as usize;
+            } else {
+                tracing::warn!(segment = %self.log_path.display(), entry_offset = r, entry_position = p,
                     "offset index entry does not match the log; scanning from the segment start")
-                }
             }
         }
         Batches { data, pos: start }.find(|(_, h, _)| h.last_offset() >= offset)
+    }
+
+    /// [`Segment::position_of`] with the index looked up here.
+    fn position_of_offset(&self, data: &[u8], offset: i64) -> Option<(usize, BatchHeader, usize)> {
+        let hint = Self::index_hint(&self.state(), self.base_offset, offset);
+        self.position_of(data, offset, hint)
     }
 
     /// Whole batches starting with the one that holds `offset` (or the first after it), below
@@ -535,29 +547,24 @@ impl Segment {
     ) -> Result<Option<(Bytes, Option<u64>)>> {
         // Recent data of a direct-written segment is in memory (and not in the page cache); older
         // data is read from the file only up to the first cached batch.
+        // One look at the segment's state: the index hint, and the tail's part.
         let (hit, hint, cached_from) = {
             let st = self.state();
+            let hint = Self::index_hint(&st, self.base_offset, offset);
             match st.tail.as_ref() {
-                Some(tail) => {
-                    let rel = u32::try_from((offset - self.base_offset).max(0)).unwrap_or(u32::MAX);
-                    let hit = tail.find(offset, self.published_len());
-                    (hit, st.offset_index.lookup(rel), tail.cached_from())
-                }
-                None => (None, None, None),
+                Some(tail) => (tail.find(offset, self.published_len()), hint, tail.cached_from()),
+                None => (None, hint, None),
             }
         };
         let Some(hit) = hit else {
-            return self.read_file(offset, end_offset, max_bytes, min_one, cached_from);
+            return self.read_file(offset, end_offset, max_bytes, min_one, hint, cached_from);
         };
         // Start at the index's hint when it points into the chunk at the batch it names.
         let mut start = hit.first_pos;
         if let Some((r, p)) = hint {
             let p = u64::from(p);
-            if p > start && p < hit.limit {
-                match BatchHeader::parse(hit.data(p)) {
-                    Some(h) if h.base_offset == self.base_offset + i64::from(r) => start = p,
-                    _ => {}
-                }
+            if p > start && p < hit.limit && self.hint_matches(r, Some(hit.data(p))) {
+                start = p;
             }
         }
         let data = hit.data(start);
@@ -576,6 +583,7 @@ impl Segment {
         end_offset: i64,
         max_bytes: usize,
         min_one: bool,
+        hint: Option<(u32, u32)>,
         upto: Option<u64>,
     ) -> Result<Option<(Bytes, Option<u64>)>> {
         let Some(view) = self.published_view()? else { return Ok(None) };
@@ -583,7 +591,7 @@ impl Segment {
             Some(u) => &view[..(u as usize).min(view.len())],
             None => &view[..],
         };
-        let Some((start, h, n)) = self.position_of(data, offset) else {
+        let Some((start, h, n)) = self.position_of(data, offset, hint) else {
             return Ok(None);
         };
         match take_batches(data, start, h, n, end_offset, max_bytes, min_one) {
@@ -614,7 +622,9 @@ impl Segment {
         }
         let Some(view) = self.published_view()? else { return Ok(None) };
         let data = &view[..];
-        let Some((start, _, _)) = self.position_of(data, start_offset) else { return Ok(None) };
+        let Some((start, _, _)) = self.position_of_offset(data, start_offset) else {
+            return Ok(None);
+        };
         for (pos, h, n) in (Batches { data, pos: start }) {
             if h.base_offset >= end_offset {
                 break;
@@ -644,7 +654,9 @@ impl Segment {
     ) -> Result<Option<(i64, Bytes)>> {
         let Some(view) = self.published_view()? else { return Ok(None) };
         let data = &view[..];
-        let Some((start, _, _)) = self.position_of(data, min_offset) else { return Ok(None) };
+        let Some((start, _, _)) = self.position_of_offset(data, min_offset) else {
+            return Ok(None);
+        };
         let mut best: Option<(i64, usize, usize)> = None;
         for (pos, h, n) in (Batches { data, pos: start }) {
             if h.base_offset >= end_offset {
@@ -820,7 +832,6 @@ impl SegmentState {
     }
 }
 
-/// `r`, with "not found" counted as success: for removing files that may already be gone.
 /// The range of `data` a read returns: the batch `h` (`n` bytes at `start`) and the whole
 /// batches after it below `end_offset` within `max_bytes`; `None` when `h` is at or past
 /// `end_offset`, an empty range when it does not fit and `min_one` is off.
@@ -858,6 +869,7 @@ fn open_direct(path: &Path) -> Result<Option<File>> {
     Ok(f)
 }
 
+/// `r`, with "not found" counted as success: for removing files that may already be gone.
 fn unless_gone(r: io::Result<()>) -> io::Result<()> {
     match r {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
