@@ -36,7 +36,7 @@ pub(super) async fn handle(
                 };
             }
             Some(t) => {
-                res.name = Some(topic_name(&t.name));
+                res.name = Some(t.wire_name.clone());
                 if h.api_version >= 6 {
                     res.topic_id = t.id;
                 }

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
 use uuid::Uuid;
 
-use super::{respond, sb, topic_name, Response};
+use super::{respond, sb, Response};
 use crate::state::{Broker, Topic};
 
 pub(super) async fn handle(
@@ -86,7 +86,7 @@ pub(super) async fn handle(
 
 fn describe(broker: &Broker, topic: &Topic, version: i16) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
-    t.name = Some(topic_name(&topic.name));
+    t.name = Some(topic.wire_name.clone());
     if version >= 10 {
         t.topic_id = topic.id;
     }
