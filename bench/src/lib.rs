@@ -301,45 +301,20 @@ pub struct DirectBaselineFile {
     path: PathBuf,
     file: File,
     len: u64,
-    buf: AlignedBuf,
-}
-
-/// Block-aligned heap memory for `O_DIRECT` writes.
-#[derive(Debug)]
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
+    /// See [`aligned_zeroed`]: the buffer is `buf[at..at + cap]`.
+    buf: Vec<u8>,
+    at: usize,
     cap: usize,
 }
 
 const DIRECT_BLOCK: usize = 4096;
 
-impl AlignedBuf {
-    fn layout(cap: usize) -> std::alloc::Layout {
-        // A non-zero multiple of 4096 with alignment 4096: always a valid layout.
-        std::alloc::Layout::from_size_align(cap, DIRECT_BLOCK).expect("aligned layout")
-    }
-
-    fn new(cap: usize) -> AlignedBuf {
-        let cap = cap.div_ceil(DIRECT_BLOCK).max(1) * DIRECT_BLOCK;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(cap)) };
-        let Some(ptr) = std::ptr::NonNull::new(ptr) else {
-            std::alloc::handle_alloc_error(Self::layout(cap))
-        };
-        AlignedBuf { ptr, cap }
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `cap` initialised bytes (allocated zeroed), owned by `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.cap) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
-    }
+/// `len` zeroed bytes at a block-aligned address, as an aligned window of a larger `Vec` (which
+/// is never resized, so the window does not move): `(backing, offset of the window)`.
+fn aligned_zeroed(len: usize) -> (Vec<u8>, usize) {
+    let backing = vec![0u8; len + DIRECT_BLOCK];
+    let at = backing.as_ptr().align_offset(DIRECT_BLOCK);
+    (backing, at)
 }
 
 fn open_direct(path: &Path) -> std::io::Result<File> {
@@ -357,12 +332,9 @@ impl DirectBaselineFile {
     pub fn create(path: impl Into<PathBuf>, max_append: usize) -> std::io::Result<Self> {
         let path = path.into();
         let file = open_direct(&path)?;
-        Ok(DirectBaselineFile {
-            path,
-            file,
-            len: 0,
-            buf: AlignedBuf::new(max_append + 2 * DIRECT_BLOCK),
-        })
+        let cap = (max_append + 2 * DIRECT_BLOCK).div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
+        let (buf, at) = aligned_zeroed(cap);
+        Ok(DirectBaselineFile { path, file, len: 0, buf, at, cap })
     }
 
     /// Appends `data`: copied after the partial last block, written from the block boundary.
@@ -370,7 +342,7 @@ impl DirectBaselineFile {
         let carried = (self.len % DIRECT_BLOCK as u64) as usize;
         let end = carried + data.len();
         let padded = end.div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
-        let buf = self.buf.as_mut();
+        let buf = &mut self.buf[self.at..self.at + self.cap];
         buf[carried..end].copy_from_slice(data);
         buf[end..padded].fill(0);
         self.file.write_all_at(&buf[..padded], self.len - carried as u64)?;

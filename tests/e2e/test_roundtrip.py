@@ -123,7 +123,7 @@ def test_records_larger_than_fetch_limits(broker, topic_name):
     assert [r.value for r in got] == values
 
 
-def test_page_cache_window_keeps_every_record_readable(broker_factory, topic_name):
+def test_page_cache_window_keeps_every_record_readable(broker_factory, topic_name, tmp_path):
     """With `--log-page-cache-window-bytes` the broker drops older log pages from the page
     cache as it appends; a consumer from the beginning then reads them back from the disk,
     every record intact and in order. A negative value other than -1 is refused at start."""
@@ -131,7 +131,8 @@ def test_page_cache_window_keeps_every_record_readable(broker_factory, topic_nam
 
     from conftest import MILLRACE_BIN
 
-    bad = subprocess.run([MILLRACE_BIN, "serve", "--log-page-cache-window-bytes", "-2"],
+    bad = subprocess.run([MILLRACE_BIN, "serve", "--log-page-cache-window-bytes", "-2",
+                          "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "refused")],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0 and "page-cache-window" in bad.stderr, bad.stderr
 
