@@ -59,7 +59,7 @@ use millrace_bench::{
     DISK_CAP_BYTES, LARGE_BATCH_PAYLOAD, SMALL_BATCH_PAYLOAD,
 };
 use millrace_storage::batch::BatchHeader;
-use millrace_storage::{now_ms, IoEngineChoice, Log, LogDir};
+use millrace_storage::{now_ms, DirectIo, IoEngineChoice, Log, LogDir};
 use tempfile::TempDir;
 
 /// Concurrent appenders of the `log_8_appenders` benchmarks.
@@ -263,7 +263,7 @@ fn append_direct(c: &mut Criterion, label: &str, payload: usize) {
         }
     };
     let dir = open_log_dir(&tmp);
-    dir.set_direct_io(Some(8 << 20));
+    dir.set_direct_io(Some(DirectIo::with_cache(8 << 20)));
 
     let mut group = c.benchmark_group(format!("append_{label}/direct_durable"));
     group.sample_size(10).warm_up_time(Duration::from_secs(1));

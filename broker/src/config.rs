@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use millrace_storage::LogConfig;
+use millrace_storage::{DirectIo, LogConfig};
 
 /// `millrace serve` options.
 #[derive(Debug, Clone, Args)]
@@ -66,6 +66,16 @@ pub(crate) struct ServeArgs {
     /// With `--log-direct-io`: bytes of each partition's newest data kept in memory.
     #[arg(long, env = "MILLRACE_LOG_DIRECT_IO_CACHE_BYTES", default_value_t = 8 << 20)]
     pub(crate) log_direct_io_cache_bytes: u64,
+    /// With `--log-direct-io`: bytes of memory all partitions together keep for it (the
+    /// partitions appended to least recently let go first; each partition's share is at most
+    /// this).
+    #[arg(
+        long,
+        env = "MILLRACE_LOG_DIRECT_IO_MEMORY_BYTES",
+        default_value_t = DirectIo::DEFAULT_MEMORY_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub(crate) log_direct_io_memory_bytes: u64,
     /// How often retention runs (`log.retention.check.interval.ms`).
     #[arg(long, env = "MILLRACE_LOG_RETENTION_CHECK_INTERVAL_MS", default_value_t = 300_000)]
     pub(crate) log_retention_check_interval_ms: u64,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use millrace_storage::{IoEngineChoice, Log, LogConfig, LogDir};
+use millrace_storage::{DirectIo, IoEngineChoice, Log, LogConfig, LogDir};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -129,7 +129,10 @@ impl Broker {
         std::fs::create_dir_all(args.data_dir.join("meta"))?;
         let log_dir = LogDir::open(args.data_dir.join("logs"), IoEngineChoice::from_env())?;
         log_dir.set_page_cache_window(u64::try_from(args.log_page_cache_window_bytes).ok());
-        log_dir.set_direct_io(args.log_direct_io.then_some(args.log_direct_io_cache_bytes));
+        log_dir.set_direct_io(args.log_direct_io.then_some(DirectIo {
+            cache_bytes: args.log_direct_io_cache_bytes,
+            memory_bytes: args.log_direct_io_memory_bytes,
+        }));
         let meta_path = args.data_dir.join("meta").join("topics.json");
         let meta: MetaFile = match std::fs::read(&meta_path) {
             Ok(b) => serde_json::from_slice(&b)

@@ -24,6 +24,13 @@
 //!   holding it (rewritten while the log end is in it) the kernel's dropping of cached pages
 //!   after a direct write keeps readers right, and the bytes they read are the same in every
 //!   version of the block.
+//! - **Memory.** A tail holds at most its segment's share (`cache bytes`, per partition), and
+//!   all the tails of a directory together at most the directory's budget ([`TailBudget`]):
+//!   when a new chunk takes the directory over it, the appender's own tail lets go of its older
+//!   written chunks and its spares, then the other tails of their spares and, appended to least
+//!   recently first, of everything already written ([`Tail::shed`]), down to a copy of their
+//!   partial last block. What cannot be let go at that moment (bytes not yet written, the
+//!   appender's newest chunk, tails in use) can keep the directory over its budget.
 //! - **Memory safety.** A chunk is shared between the appender (which writes bytes at or after
 //!   the log end, under the log's lock), the I/O thread (which hands whole blocks below the end
 //!   of the append it writes to the kernel, by raw pointer) and readers (which hold views of
@@ -40,9 +47,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+
+use crate::segment::Segment;
 
 /// Alignment of direct writes (offsets, lengths and memory): 4 KiB suits every logical block
 /// size up to 4 KiB, which covers the disks we run on.
@@ -53,8 +63,12 @@ pub(crate) const BLOCK: u64 = 4096;
 const CHUNK_MAX: u64 = 4 << 20;
 /// And at least a block: a small cache gets small chunks.
 const CHUNK_MIN: u64 = BLOCK;
-/// Chunks that left the cache kept for reuse.
-const SPARE_MAX: usize = 2;
+/// A tail's first chunk (then doubled up to the chunk size).
+const CHUNK_START: u64 = 64 << 10;
+/// Chunks that left the cache kept for reuse: at least this many, and as many as the tail's
+/// share holds (when the I/O thread lags, chunks that could not leave yet are all let go of at
+/// once later; kept, the next ones need no new memory).
+const SPARE_MIN: usize = 2;
 /// Last-block buffers kept for reuse.
 const BLOCKS_KEPT: usize = 32;
 /// Iovecs per `pwritev` (Linux's UIO_MAXIOV).
@@ -111,13 +125,118 @@ fn block_suits(f: &File) -> bool {
     }
 }
 
-/// `len` bytes of block-aligned heap memory.
+/// A log directory's direct-I/O settings and the memory its tails hold together (module
+/// comment, "Memory"). Shared by the directory's tails; segments with a tail register here so
+/// that a tail over the budget can make the others let go.
+#[derive(Debug)]
+pub(crate) struct TailBudget {
+    /// Bytes of memory each tail may keep (`cache bytes`).
+    per_tail: u64,
+    /// Bytes of memory all the tails may hold together.
+    limit: u64,
+    /// Bytes held now (chunks, spares and block buffers of every live tail).
+    held: AtomicU64,
+    /// Ticks for the least-recently-appended order: moved on by each new chunk; an append
+    /// stamps its tail with the current tick (a read, so appenders do not all write one line).
+    clock: AtomicU64,
+    /// What the tails held after the last pass that could not get below the budget (0 after
+    /// one that did): the next pass waits until they hold an eighth of the budget more, so
+    /// that memory nobody can let go yet does not make every new chunk sweep the directory.
+    stuck: AtomicU64,
+    /// Segments with a tail, and their tail's last append tick (the tail holds the other
+    /// reference: a count of one means the tail is gone).
+    tails: Mutex<Vec<(Weak<Segment>, Arc<AtomicU64>)>>,
+}
+
+impl TailBudget {
+    /// `per_tail` bytes per partition, `limit` for the directory (at least one tail's worth).
+    pub(crate) fn new(per_tail: u64, limit: u64) -> Arc<TailBudget> {
+        Arc::new(TailBudget {
+            per_tail: per_tail.min(limit),
+            limit,
+            held: AtomicU64::new(0),
+            clock: AtomicU64::new(0),
+            stuck: AtomicU64::new(0),
+            tails: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Bytes the directory's tails hold.
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.held() > self.limit
+    }
+
+    /// Lists `segment` (whose tail has `tick`) among the tails that can be made to let go.
+    pub(crate) fn register(&self, segment: Weak<Segment>, tick: Arc<AtomicU64>) {
+        let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget tails that are gone once in a while, so the list stays as long as the live ones.
+        if tails.len() >= 64 && tails.len().is_power_of_two() {
+            tails.retain(|(s, t)| s.strong_count() > 0 && Arc::strong_count(t) > 1);
+        }
+        tails.push((segment, tick));
+    }
+
+    /// Whether a new chunk should make other tails let go: over the budget, and by an eighth
+    /// of it more than a pass last could not free.
+    fn wants_reclaim(&self) -> bool {
+        let held = self.held();
+        held > self.limit && held > self.stuck.load(Ordering::Relaxed) + self.limit / 8
+    }
+
+    /// Makes the other tails let go until the directory is an eighth below its budget (so
+    /// that this runs once per several new chunks, not for each): first their spare chunks
+    /// and block buffers (no data), then, appended to least recently first, what they wrote
+    /// ([`Tail::shed`]). A tail whose segment is locked (being appended to or read, the
+    /// caller's own included) is passed over. The memory is given back after the list is
+    /// unlocked.
+    fn reclaim(&self) {
+        let mut freed = Vec::new();
+        let target = self.limit - self.limit / 8;
+        {
+            let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+            tails.retain(|(s, t)| s.strong_count() > 0 && Arc::strong_count(t) > 1);
+            let mut order: Vec<(u64, usize)> = tails
+                .iter()
+                .enumerate()
+                .map(|(i, (_, t))| (t.load(Ordering::Relaxed), i))
+                .collect();
+            order.sort_unstable();
+            'passes: for data in [false, true] {
+                for &(_, i) in &order {
+                    if self.held() <= target {
+                        break 'passes;
+                    }
+                    if let Some(segment) = tails[i].0.upgrade() {
+                        segment.shed_tail(data, &mut freed);
+                    }
+                }
+            }
+        }
+        let held = self.held();
+        self.stuck.store(if held > target { held } else { 0 }, Ordering::Relaxed);
+        drop(freed);
+    }
+}
+
+/// `cap` bytes of block-aligned, zeroed memory.
 pub(crate) struct ChunkBuf {
     ptr: NonNull<u8>,
     cap: usize,
+    /// `None`: heap memory allocated with [`ChunkBuf::layout`].
+    map: Option<memmap2::MmapMut>,
 }
 
-// SAFETY: plain heap memory owned by this value. Which thread touches which bytes, and when, is
+/// Buffers from this size up are mapped (anonymous memory of their own): their pages become
+/// resident as bytes are written and go back to the system when the buffer is dropped, which
+/// heap memory of this size would not reliably do (a tail that lets go must not leave its
+/// chunk's pages resident in the allocator).
+const MAP_FROM: u64 = 64 << 10;
+
+// SAFETY: plain memory owned by this value. Which thread touches which bytes, and when, is
 // the tail's protocol (module comment); nothing here hands out references across threads.
 unsafe impl Send for ChunkBuf {}
 // SAFETY: as above.
@@ -137,12 +256,24 @@ impl ChunkBuf {
     }
 
     fn new(cap: u64) -> Arc<ChunkBuf> {
+        if cap >= MAP_FROM {
+            // A failed anonymous map is the system out of memory, as a failed allocation is.
+            match memmap2::MmapMut::map_anon(cap as usize) {
+                Ok(mut map) => {
+                    let Some(ptr) = NonNull::new(map.as_mut_ptr()) else {
+                        unreachable!("a successful map is not at address 0")
+                    };
+                    return Arc::new(ChunkBuf { ptr, cap: cap as usize, map: Some(map) });
+                }
+                Err(e) => tracing::warn!(bytes = cap, error = %e, "mapping a tail chunk failed"),
+            }
+        }
         let cap = cap as usize;
         let layout = Self::layout(cap);
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(ptr) else { alloc::handle_alloc_error(layout) };
-        Arc::new(ChunkBuf { ptr, cap })
+        Arc::new(ChunkBuf { ptr, cap, map: None })
     }
 
     fn cap(&self) -> u64 {
@@ -177,8 +308,10 @@ impl ChunkBuf {
 
 impl Drop for ChunkBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        if self.map.is_none() {
+            // SAFETY: allocated in `new` with this layout (a map unmaps itself).
+            unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        }
     }
 }
 
@@ -350,16 +483,26 @@ pub(crate) struct Tail {
     seed: Vec<u8>,
     /// One past the last byte appended.
     end: u64,
+    /// Bytes of the chunks in `chunks`.
     cached: u64,
-    budget: u64,
+    /// Bytes of memory this tail holds (chunks, spares and blocks), counted in `budget`.
+    held: u64,
+    budget: Arc<TailBudget>,
+    /// The budget's clock at this tail's last append.
+    tick: Arc<AtomicU64>,
     chunk_size: u64,
+    /// Size of the next chunk: a tail starts (and starts again after letting go) with small
+    /// chunks, doubled with each new one up to `chunk_size`, so that a partition written to
+    /// now and then does not hold a whole chunk for a few batches.
+    next_chunk: u64,
 }
 
 impl Tail {
     /// A tail for a segment whose file holds `end` bytes; `seed` is the file's partial block
     /// before `end` (`end - align_down(end)` bytes).
-    pub(crate) fn new(file: File, end: u64, seed: Vec<u8>, budget: u64) -> Tail {
+    pub(crate) fn new(file: File, end: u64, seed: Vec<u8>, budget: Arc<TailBudget>) -> Tail {
         debug_assert_eq!(seed.len() as u64, end - align_down(end));
+        let chunk_size = align_up((budget.per_tail / 4).clamp(CHUNK_MIN, CHUNK_MAX));
         Tail {
             file: Arc::new(file),
             chunks: VecDeque::new(),
@@ -368,9 +511,27 @@ impl Tail {
             seed,
             end,
             cached: 0,
+            held: 0,
+            tick: Arc::new(AtomicU64::new(budget.clock.fetch_add(1, Ordering::Relaxed) + 1)),
             budget,
-            chunk_size: align_up((budget / 4).clamp(CHUNK_MIN, CHUNK_MAX)),
+            chunk_size,
+            next_chunk: chunk_size.min(CHUNK_START),
         }
+    }
+
+    /// The tick to register this tail's segment with ([`TailBudget::register`]).
+    pub(crate) fn registration(&self) -> (&Arc<TailBudget>, Arc<AtomicU64>) {
+        (&self.budget, self.tick.clone())
+    }
+
+    fn charge(&mut self, n: u64) {
+        self.held += n;
+        self.budget.held.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn credit(&mut self, n: u64) {
+        self.held -= n;
+        self.budget.held.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Copies one batch (`parts`, back to back, starting with offset `base_offset`) to the log
@@ -396,19 +557,25 @@ impl Tail {
         c.end = end;
         c.first.get_or_insert((base_offset, pos));
         self.end = end;
+        self.tick.store(self.budget.clock.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     fn start_chunk(&mut self, pos: u64, end: u64, published: u64) {
         let start = align_down(pos);
         let need = align_up(end) - start;
         // A multiple of the chunk size, so that chunks of large batches are reused too.
-        let cap = need.div_ceil(self.chunk_size) * self.chunk_size;
+        let size = self.next_chunk;
+        self.next_chunk = (size * 2).min(self.chunk_size);
+        let cap = need.div_ceil(size) * size;
         // `get_mut` (not a count) so that the last reader's or write's use of a spare happens
         // before it is written again.
         let free = self.spare.iter_mut().position(|b| b.cap() >= cap && Arc::get_mut(b).is_some());
         let buf = match free {
             Some(i) => self.spare.swap_remove(i),
-            None => ChunkBuf::new(cap),
+            None => {
+                self.charge(cap);
+                ChunkBuf::new(cap)
+            }
         };
         let k = (pos - start) as usize;
         if k > 0 {
@@ -423,22 +590,86 @@ impl Tail {
         self.cached += buf.cap();
         self.chunks.push_back(TailChunk { buf, file_start: start, end: pos, first: None });
         self.seed = Vec::new();
+        self.tick.store(self.budget.clock.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.evict(published);
+        if self.budget.wants_reclaim() {
+            self.budget.reclaim();
+        }
     }
 
-    /// Lets the oldest chunks go while over budget, but only chunks that are wholly published
-    /// (their last block was written for the last time) and never the newest.
+    /// Lets the oldest chunks go while over this tail's share or the directory's budget, but
+    /// only chunks that are wholly published (their last block was written for the last time)
+    /// and never the newest.
     pub(crate) fn evict(&mut self, published: u64) {
-        while self.chunks.len() > 1 && self.cached > self.budget {
+        while self.chunks.len() > 1 && (self.cached > self.budget.per_tail || self.budget.over()) {
             match self.chunks.front() {
                 Some(c) if c.end <= published => {}
                 _ => break,
             }
             let Some(c) = self.chunks.pop_front() else { break };
             self.cached -= c.buf.cap();
-            if self.spare.len() < SPARE_MAX {
+            // Smaller chunks than the next one would never be taken again.
+            let keep = SPARE_MIN.max((self.budget.per_tail / self.chunk_size) as usize);
+            if self.spare.len() < keep && c.buf.cap() >= self.next_chunk && !self.budget.over() {
                 self.spare.push(c.buf);
+            } else {
+                self.credit(c.buf.cap());
             }
+        }
+        if self.budget.over() && !self.spare.is_empty() {
+            let n = self.spare.drain(..).map(|b| b.cap()).sum();
+            self.credit(n);
+        }
+    }
+
+    /// Lets go of its spare chunks and block buffers and, with `data`, of everything it holds
+    /// that is written (`published` is the segment's published length): all chunks when the
+    /// whole tail is, keeping a copy of the partial last block to start the next chunk with.
+    /// Reads of it go through the file from then on; the next append takes a chunk again. The
+    /// buffers go to `freed` (the caller drops them when it holds no lock).
+    pub(crate) fn shed(&mut self, published: u64, data: bool, freed: &mut Vec<Arc<ChunkBuf>>) {
+        let mut n: u64 = self.spare.iter().map(|b| b.cap()).sum();
+        n += BLOCK * self.blocks.len() as u64;
+        freed.append(&mut self.spare);
+        freed.append(&mut self.blocks);
+        if data {
+            if self.end <= published {
+                if let Some(c) = self.chunks.back() {
+                    let at = (align_down(self.end) - c.file_start) as usize;
+                    let k = (self.end - align_down(self.end)) as usize;
+                    // SAFETY: the newest chunk holds file bytes `[align_down(end), end)` (it
+                    // starts at or below that boundary), copied in by the appender, whose lock
+                    // the caller holds: nobody writes them.
+                    self.seed = unsafe { std::slice::from_raw_parts(c.buf.ptr(at), k) }.to_vec();
+                }
+            }
+            while let Some(c) = self.chunks.front() {
+                if c.end > published {
+                    break;
+                }
+                self.cached -= c.buf.cap();
+                n += c.buf.cap();
+                if let Some(c) = self.chunks.pop_front() {
+                    freed.push(c.buf);
+                }
+            }
+            if self.chunks.is_empty() {
+                self.next_chunk = self.chunk_size.min(CHUNK_START);
+            }
+        }
+        self.credit(n);
+    }
+
+    /// Hands this tail's spare chunks to `to` (the next segment's tail, at a roll), if both
+    /// count in the same budget; otherwise lets them go.
+    pub(crate) fn pass_spares(&mut self, to: &mut Tail) {
+        let n: u64 = self.spare.iter().map(|b| b.cap()).sum();
+        self.credit(n);
+        if Arc::ptr_eq(&self.budget, &to.budget) {
+            to.charge(n);
+            to.spare.append(&mut self.spare);
+        } else {
+            self.spare.clear();
         }
     }
 
@@ -480,6 +711,7 @@ impl Tail {
         let i = match self.blocks.iter_mut().position(|b| Arc::get_mut(b).is_some()) {
             Some(i) => i,
             None => {
+                self.charge(BLOCK);
                 self.blocks.push(ChunkBuf::new(BLOCK));
                 self.blocks.len() - 1
             }
@@ -500,6 +732,7 @@ impl Tail {
         // A burst of writes in flight may have grown the pool; keep a few.
         if self.blocks.len() > BLOCKS_KEPT {
             self.blocks.swap_remove(i);
+            self.credit(BLOCK);
         }
         out
     }
@@ -530,6 +763,12 @@ impl Tail {
     }
 }
 
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
+
 /// Whether `rest`, the bytes after the last whole batch at file position `pos`, is the zero
 /// padding a direct write leaves: zeros up to the next block boundary and no further.
 pub(crate) fn is_padding(pos: u64, rest: &[u8]) -> bool {
@@ -545,7 +784,7 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, b"").unwrap();
         let f = File::options().write(true).open(&path).unwrap();
-        (dir, Tail::new(f, 0, Vec::new(), budget))
+        (dir, Tail::new(f, 0, Vec::new(), TailBudget::new(budget, u64::MAX)))
     }
 
     fn covered(w: &DirectWrite) -> Vec<u8> {
@@ -692,6 +931,56 @@ mod tests {
         let whole = t.write_for(0, pos);
         assert_eq!((joined.start, joined.end), (whole.start, whole.end));
         assert_eq!(covered(&joined), covered(&whole));
+    }
+
+    /// A tail that lets go keeps only the partial last block (nothing when the log end is
+    /// aligned) and counts its memory back; its next append starts a chunk from that block and
+    /// the write covers the same bytes as before. Bytes not yet written are never let go.
+    #[test]
+    fn a_tail_that_lets_go_starts_again_from_its_partial_block() {
+        let (_d, mut t) = tail(64 << 10);
+        let budget = t.budget.clone();
+        t.append(&[&[5u8; 5000]], 0, 0);
+        let _ = t.write_for(0, 5000);
+        assert!(budget.held() > 0);
+        assert_eq!(budget.held(), t.held);
+        let mut freed = Vec::new();
+        t.shed(5000, false, &mut freed); // spares and blocks only
+        assert_eq!(t.chunks.len(), 1);
+        assert_eq!(budget.held(), t.cached, "the block buffer went");
+        t.shed(4096, true, &mut freed); // the last block is not written yet: the chunk stays
+        assert_eq!(t.chunks.len(), 1);
+        t.shed(5000, true, &mut freed);
+        assert!(t.chunks.is_empty() && t.find(0, 5000).is_none() && t.cached_from().is_none());
+        assert_eq!(t.seed, vec![5u8; 5000 - 4096]);
+        assert_eq!(budget.held(), 0);
+        assert_eq!(freed.len(), 2, "the chunk and the block, for the caller to drop");
+        drop(freed);
+        t.append(&[&[6u8; 100]], 1, 5000);
+        let w = t.write_for(5000, 5100);
+        assert_eq!((w.start, w.end), (4096, 5100));
+        let bytes = covered(&w);
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes[..5000 - 4096].iter().all(|&b| b == 5), "the kept block came first");
+        assert!(bytes[5000 - 4096..5100 - 4096].iter().all(|&b| b == 6));
+        assert!(bytes[5100 - 4096..].iter().all(|&b| b == 0));
+        assert_eq!(t.find(1, 5100).map(|h| h.first_pos), Some(5000));
+        // At a roll the spares go to the next segment's tail, counted once.
+        let d2 = tempfile::tempdir().unwrap();
+        std::fs::write(d2.path().join("f"), b"").unwrap();
+        let f = File::options().write(true).open(d2.path().join("f")).unwrap();
+        let mut next = Tail::new(f, 0, Vec::new(), budget.clone());
+        let spare = ChunkBuf::new(64 << 10);
+        t.charge(spare.cap());
+        t.spare.push(spare);
+        let before = budget.held();
+        t.pass_spares(&mut next);
+        assert_eq!((t.spare.len(), next.spare.len()), (0, 1));
+        assert_eq!(budget.held(), before);
+        drop(w);
+        drop(t);
+        drop(next);
+        assert_eq!(budget.held(), 0, "dropped tails count their memory back");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::direct::DirectWrite;
+use crate::direct::{DirectWrite, TailBudget};
 use crate::error::{Result, StorageError};
 use crate::log::BATCH_PATCH_LEN;
 use crate::segment::Segment;
@@ -633,8 +633,28 @@ pub struct IoThread {
     background: Mutex<Option<(SyncSender<Job>, JoinHandle<()>)>>,
     next_log_id: AtomicU64,
     page_cache_window: Arc<AtomicU64>,
-    /// See [`IoThread::set_direct_io`]; `u64::MAX` when off.
-    direct_io: AtomicU64,
+    /// See [`IoThread::set_direct_io`]; `None` when off.
+    direct_io: Mutex<Option<Arc<TailBudget>>>,
+}
+
+/// Direct-I/O settings of a log directory ([`IoThread::set_direct_io`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectIo {
+    /// Bytes of each partition's newest data kept in memory (`--log-direct-io-cache-bytes`).
+    pub cache_bytes: u64,
+    /// Bytes of memory all the directory's partitions may hold together for it
+    /// (`--log-direct-io-memory-bytes`); the partitions appended to least recently let go first.
+    pub memory_bytes: u64,
+}
+
+impl DirectIo {
+    /// The broker's default budget for a directory: 256 MiB.
+    pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
+
+    /// `cache_bytes` per partition, within the default budget for the directory.
+    pub fn with_cache(cache_bytes: u64) -> DirectIo {
+        DirectIo { cache_bytes, memory_bytes: Self::DEFAULT_MEMORY_BYTES }
+    }
 }
 
 /// Sends operations to the I/O thread (waking it when it sleeps on io_uring completions).
@@ -735,7 +755,7 @@ impl IoThread {
             background: Mutex::new(Some((jobs, background))),
             next_log_id: AtomicU64::new(1),
             page_cache_window,
-            direct_io: AtomicU64::new(u64::MAX),
+            direct_io: Mutex::new(None),
         })
     }
 
@@ -750,22 +770,24 @@ impl IoThread {
     }
 
     /// Writes the active segments of logs opened (and segments rolled) from now on with direct
-    /// I/O, bypassing the page cache, and serves their newest `cache_bytes` (per partition)
-    /// from memory; `None` (the default) writes through the page cache, as Kafka does. Readers
-    /// further behind read through the page cache, from the disk. Where the file system does
-    /// not take `O_DIRECT`, segments are written through the page cache. See
-    /// `docs/design/storage.md`, "Direct I/O".
-    pub fn set_direct_io(&self, cache_bytes: Option<u64>) {
-        let c = cache_bytes.map_or(u64::MAX, |c| c.min(u64::MAX - 1));
-        self.direct_io.store(c, Ordering::Relaxed);
+    /// I/O, bypassing the page cache, and serves their newest `cache_bytes` (per partition,
+    /// within `memory_bytes` for the directory) from memory; `None` (the default) writes
+    /// through the page cache, as Kafka does. Readers further behind read through the page
+    /// cache, from the disk. Where the file system does not take `O_DIRECT`, segments are
+    /// written through the page cache. See `docs/design/storage.md`, "Direct I/O".
+    pub fn set_direct_io(&self, direct: Option<DirectIo>) {
+        let budget = direct.map(|d| TailBudget::new(d.cache_bytes, d.memory_bytes));
+        *self.direct_io.lock().unwrap_or_else(|e| e.into_inner()) = budget;
     }
 
-    /// The tail cache size with direct I/O on, `None` when off.
-    pub(crate) fn direct_io(&self) -> Option<u64> {
-        match self.direct_io.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            c => Some(c),
-        }
+    /// The memory budget new direct tails count in, `None` with direct I/O off.
+    pub(crate) fn direct_io(&self) -> Option<Arc<TailBudget>> {
+        self.direct_io.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Bytes of memory the directory's direct tails hold (0 with direct I/O off).
+    pub fn direct_io_memory(&self) -> u64 {
+        self.direct_io().map_or(0, |b| b.held())
     }
 
     /// The engine in use.

@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 pub use crate::config::{LogConfig, TimestampType};
 pub use crate::error::{Result, StorageError};
-pub use crate::io::{AppendBurst, DataChanged, Durable, IoEngineChoice, IoEngineKind, IoThread};
+pub use crate::io::{
+    AppendBurst, DataChanged, DirectIo, Durable, IoEngineChoice, IoEngineKind, IoThread,
+};
 pub use crate::log::{
     now_ms, AppendInfo, FileSlice, Log, OpenReport, ReadResult, RetentionResult, TimestampLookup,
 };
@@ -56,8 +58,13 @@ impl LogDir {
     }
 
     /// See [`IoThread::set_direct_io`].
-    pub fn set_direct_io(&self, cache_bytes: Option<u64>) {
-        self.io.set_direct_io(cache_bytes);
+    pub fn set_direct_io(&self, direct: Option<DirectIo>) {
+        self.io.set_direct_io(direct);
+    }
+
+    /// See [`IoThread::direct_io_memory`].
+    pub fn direct_io_memory(&self) -> u64 {
+        self.io.direct_io_memory()
     }
 
     /// The write engine the I/O thread runs.

@@ -192,12 +192,13 @@ impl Log {
         }
         if segments.is_empty() {
             let base = state.log_start_offset.max(0);
-            let seg = Segment::create(&dir, base, &config, io.direct_io())?;
-            segments.insert(base, Arc::new(seg));
+            let seg = Arc::new(Segment::create(&dir, base, &config, io.direct_io().as_ref())?);
+            seg.register_tail();
+            segments.insert(base, seg);
             checkpoint::sync_dir(&dir).map_err(|e| StorageError::io(&dir, e))?;
         } else if let Some(active) = segments.values().next_back() {
             // Indexes loaded trimmed get their preallocation back; rebuilt ones have it.
-            active.reopen_for_append(&config, io.direct_io())?;
+            active.reopen_for_append(&config, io.direct_io().as_ref())?;
         }
         let (first_base, active) = match (segments.keys().next(), segments.values().next_back()) {
             (Some(&b), Some(a)) => (b, a.clone()),
@@ -448,7 +449,10 @@ impl Log {
             e
         };
         let direct = self.io.direct_io();
-        let new = Arc::new(Segment::create(&self.dir, base, &inner.config, direct).map_err(fail)?);
+        let new = Segment::create(&self.dir, base, &inner.config, direct.as_ref()).map_err(fail)?;
+        let new = Arc::new(new);
+        new.register_tail();
+        old.pass_spares(&new);
         checkpoint::sync_dir(&self.dir).map_err(|e| fail(StorageError::io(&self.dir, e)))?;
         // A direct tail is kept for one roll, for readers just behind; the one before goes.
         if let Some((_, prev)) = inner.segments.range(..old.base_offset).next_back() {
@@ -889,6 +893,7 @@ mod tests {
     use super::*;
     use crate::batch::{BatchBuilder, BatchHeader};
     use crate::direct;
+    use crate::io::DirectIo;
     use crate::io::IoEngineChoice;
     use crate::segment::DELETED_SUFFIX;
 
@@ -934,7 +939,7 @@ mod tests {
     fn direct_dir(cache: u64, segment_bytes: u64) -> (tempfile::TempDir, Arc<IoThread>, LogConfig) {
         let dir = tempfile::tempdir().unwrap();
         let io = Arc::new(IoThread::start(dir.path(), IoEngineChoice::Auto).unwrap());
-        io.set_direct_io(Some(cache));
+        io.set_direct_io(Some(DirectIo::with_cache(cache)));
         (dir, io, LogConfig { segment_bytes, ..LogConfig::default() })
     }
 
@@ -1009,6 +1014,59 @@ mod tests {
         assert_eq!(read_all(&log), want);
     }
 
+    /// The logs of one directory share its direct-I/O memory budget: once more of them take a
+    /// chunk than the budget holds, the ones appended to least recently let go of what they
+    /// wrote, the directory's tails never hold much more than the budget, and every batch
+    /// reads back byte-exact: from the file once let go, after more appends to a log that let
+    /// go (its next chunk starts from the kept partial block), and after a reopen.
+    #[test]
+    fn direct_tails_of_many_logs_share_the_directory_budget() {
+        const CHUNK: u64 = 16 << 10; // a quarter of the per-partition cache
+        const BUDGET: u64 = 8 * CHUNK;
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(IoThread::start(dir.path(), IoEngineChoice::Auto).unwrap());
+        io.set_direct_io(Some(DirectIo { cache_bytes: 4 * CHUNK, memory_bytes: BUDGET }));
+        let open = |p: usize| {
+            Log::open(dir.path().join(format!("t-{p}")), LogConfig::default(), io.clone()).unwrap()
+        };
+        let logs: Vec<Log> = (0..12).map(open).collect();
+        assert!(logs[0].active(&lock(&logs[0].inner)).state().tail.is_some(), "no O_DIRECT");
+        let mut want = vec![Vec::new(); logs.len()];
+        let mut most = 0;
+        let append = |log: &Log, i: i64, want: &mut Vec<(i64, Vec<u8>)>, most: &mut u64| {
+            let info = log.append(&batch(i)).unwrap();
+            info.durable.wait().unwrap();
+            *most = (*most).max(io.direct_io_memory());
+            let r = log.read(info.base_offset, 1 << 20, true).unwrap();
+            assert!(r.file_slice.is_none(), "the newest batch comes from memory");
+            want.push((info.base_offset, r.records.to_vec()));
+        };
+        for round in 0..6 {
+            for (p, log) in logs.iter().enumerate() {
+                append(log, round * 100 + p as i64, &mut want[p], &mut most);
+            }
+        }
+        // Twelve tails of a chunk and a block each would hold 240 KiB; the budget is 128.
+        assert!(most <= BUDGET + CHUNK, "held {most} bytes, budget {BUDGET}");
+        // The first logs let go: even their newest batch is read through the file.
+        let r = logs[0].read(want[0].last().unwrap().0, 1 << 20, true).unwrap();
+        assert!(r.file_slice.is_some(), "log 0 still holds its tail");
+        for (p, log) in logs.iter().enumerate() {
+            assert_eq!(read_all(log), want[p], "log {p}");
+        }
+        for round in 6..9 {
+            append(&logs[0], round * 100, &mut want[0], &mut most);
+        }
+        assert_eq!(read_all(&logs[0]), want[0]);
+        drop(logs); // unclean: active segments keep their padding
+        assert_eq!(io.direct_io_memory(), 0, "the tails' memory is counted back");
+        for (p, want) in want.iter().enumerate() {
+            let log = open(p);
+            assert!(log.open_report().truncations.is_empty(), "{:?}", log.open_report());
+            assert_eq!(&read_all(&log), want, "log {p} after reopen");
+        }
+    }
+
     /// Where the file system refuses `O_DIRECT` (tmpfs before Linux 6.6), segments are written
     /// through the page cache, with a warning, and work as usual; where it takes it, they are
     /// written directly. Either way on tmpfs, whichever this kernel does.
@@ -1027,7 +1085,7 @@ mod tests {
         let shm = Path::new("/dev/shm");
         let dir = tempfile::tempdir_in(shm).unwrap();
         let io = Arc::new(IoThread::start(dir.path(), IoEngineChoice::Auto).unwrap());
-        io.set_direct_io(Some(1 << 20));
+        io.set_direct_io(Some(DirectIo::with_cache(1 << 20)));
         let log = Log::open(dir.path().join("t-0"), LogConfig::default(), io).unwrap();
         let probe = dir.path().join("probe");
         std::fs::write(&probe, b"").unwrap();

@@ -13,14 +13,14 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 
 use bytes::Bytes;
 use memmap2::{Mmap, MmapOptions};
 
 use crate::batch::{self, BatchHeader};
 use crate::config::LogConfig;
-use crate::direct::{self, Tail};
+use crate::direct::{self, Tail, TailBudget};
 use crate::error::{Result, StorageError};
 use crate::index::{IndexFile, OffsetIndex, TimeIndex, OFFSET_ENTRY, TIME_ENTRY};
 use crate::log::TimestampLookup;
@@ -116,12 +116,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Segment {
     /// Creates a new empty segment (its files are truncated if they exist). `direct`: write it
-    /// with direct I/O, keeping that many bytes of its tail in memory.
+    /// with direct I/O, its tail's memory counted in that budget (then call
+    /// [`Segment::register_tail`] once it is shared).
     pub(crate) fn create(
         dir: &Path,
         base_offset: i64,
         config: &LogConfig,
-        direct: Option<u64>,
+        direct: Option<&Arc<TailBudget>>,
     ) -> Result<Segment> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
         let file = OpenOptions::new()
@@ -140,7 +141,9 @@ impl Segment {
                 .map_err(|e| StorageError::io(&time_path, e))?,
         );
         let tail = match direct {
-            Some(budget) => open_direct(&log_path)?.map(|f| Tail::new(f, 0, Vec::new(), budget)),
+            Some(budget) => {
+                open_direct(&log_path)?.map(|f| Tail::new(f, 0, Vec::new(), budget.clone()))
+            }
             None => None,
         };
         Ok(Segment {
@@ -461,6 +464,39 @@ impl Segment {
         self.state().tail = None;
     }
 
+    /// Lists this segment's direct tail, if it has one, with its directory's budget, so that
+    /// other tails over the budget can make it let go ([`Segment::shed_tail`]).
+    pub(crate) fn register_tail(self: &Arc<Self>) {
+        let st = self.state();
+        if let Some((budget, tick)) = st.tail.as_ref().map(Tail::registration) {
+            budget.register(Arc::downgrade(self), tick);
+        }
+    }
+
+    /// Makes the direct tail let go of its spares and, with `data`, of what is written
+    /// ([`Tail::shed`]; the buffers go to `freed`), unless the segment's state is locked (being
+    /// appended to or read): the caller may hold another segment's lock, so this never waits.
+    pub(crate) fn shed_tail(&self, data: bool, freed: &mut Vec<Arc<direct::ChunkBuf>>) {
+        let mut st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let published = self.published_len();
+        if let Some(tail) = st.tail.as_mut() {
+            tail.shed(published, data, freed);
+        }
+    }
+
+    /// At a roll: hands the direct tail's spare chunks to `next`'s tail.
+    pub(crate) fn pass_spares(&self, next: &Segment) {
+        let mut from = self.state();
+        let mut to = next.state();
+        if let (Some(from), Some(to)) = (from.tail.as_mut(), to.tail.as_mut()) {
+            from.pass_spares(to);
+        }
+    }
+
     /// A `Bytes` over at least the first `upto` published bytes, sharing the file's map.
     fn view(&self, upto: u64) -> Result<Bytes> {
         {
@@ -732,7 +768,11 @@ impl Segment {
 
     /// Preallocates the (trimmed) indexes again so the active segment can take appends, and
     /// with `direct` gives it a tail seeded with the file's last partial block.
-    pub(crate) fn reopen_for_append(&self, config: &LogConfig, direct: Option<u64>) -> Result<()> {
+    pub(crate) fn reopen_for_append(
+        self: &Arc<Self>,
+        config: &LogConfig,
+        direct: Option<&Arc<TailBudget>>,
+    ) -> Result<()> {
         let mut st = self.state();
         if let Some(budget) = direct {
             if let Some(f) = open_direct(&self.log_path)? {
@@ -744,7 +784,10 @@ impl Segment {
                     direct::align_down(end),
                 )
                 .map_err(|e| StorageError::io(&self.log_path, e))?;
-                st.tail = Some(Tail::new(f, end, seed, budget));
+                let tail = Tail::new(f, end, seed, budget.clone());
+                let (_, tick) = tail.registration();
+                budget.register(Arc::downgrade(self), tick);
+                st.tail = Some(tail);
             }
         }
         st.offset_index
@@ -789,7 +832,8 @@ impl Segment {
         if Arc::strong_count(self) > 1 {
             return Ok(false);
         }
-        // No reader can get the segment any more; drop our own view of it.
+        // No reader can get the segment any more (the direct-I/O budget may still reach it for
+        // a moment, to let go of a tail's memory: it touches nothing else); drop our own view.
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = Bytes::new();
         if Arc::strong_count(&self.file) > 1 {
             return Ok(false);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use millrace_storage::batch::validate;
-use millrace_storage::{IoEngineChoice, Log, LogConfig};
+use millrace_storage::{DirectIo, IoEngineChoice, Log, LogConfig};
 
 const DIR_ENV: &str = "MILLRACE_CRASH_DIR";
 const ENGINE_ENV: &str = "MILLRACE_CRASH_ENGINE";
@@ -47,7 +47,9 @@ fn crash_child() {
     };
     let dir = Path::new(&dir);
     let io = io(dir, engine);
-    io.set_direct_io(std::env::var(DIRECT_ENV).ok().and_then(|s| s.parse().ok()));
+    io.set_direct_io(
+        std::env::var(DIRECT_ENV).ok().and_then(|s| s.parse().ok()).map(DirectIo::with_cache),
+    );
     let log = Log::open(dir.join("t-0"), config(), io).expect("child open");
     let mut rng = Rng(std::process::id() as u64 | 1);
     let mut in_flight = std::collections::VecDeque::new();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use millrace_storage::{IoEngineChoice, Log, LogConfig, StorageError};
+use millrace_storage::{DirectIo, IoEngineChoice, Log, LogConfig, StorageError};
 
 struct Mount {
     point: PathBuf,
@@ -56,7 +56,7 @@ fn fill_until_full(
     direct: Option<u64>,
 ) -> Vec<(i64, i64, Vec<u8>)> {
     let io = io(dir, engine);
-    io.set_direct_io(direct);
+    io.set_direct_io(direct.map(DirectIo::with_cache));
     let log = Log::open(dir.join("t-0"), config(), io.clone()).unwrap();
     let mut acked = Vec::new();
     let mut failure = None;
@@ -109,7 +109,7 @@ fn full_disk_fails_cleanly_and_loses_nothing_acknowledged() {
         // Free space, restart: everything acknowledged is there and appends continue.
         std::fs::remove_file(&ballast).unwrap();
         let io = io(&dir, engine);
-        io.set_direct_io(direct);
+        io.set_direct_io(direct.map(DirectIo::with_cache));
         let log = Log::open(dir.join("t-0"), config(), io.clone()).unwrap();
         let all = read_all(&log);
         assert!(all.len() >= acked.len());
