@@ -193,23 +193,32 @@ def main():
 
         # Latency at fractions of the measured maximum rate (1 KiB, acks=all, uncompressed), for
         # 10 s each.
-        peak = results[(1024, "all", "none")]["records_per_sec"]
-        paced = {}
-        for share in LATENCY_SHARES:
-            rate = int(peak * share)
-            paced[share] = produce(f"p-latency-{int(share * 100)}", 1024, "all", "none",
-                                   int(max(rate * 10 * scale, 1000)), rate,
-                                   "--producer-props", f"linger.ms={LATENCY_LINGER_MS}")
+        def paced_runs(prefix, peak, on=None):
+            # Fixed-rate runs at shares of `peak` records/s (topics `<prefix>-latency-<share>`).
+            out = {}
+            for share in LATENCY_SHARES:
+                rate = int(peak * share)
+                out[share] = produce(f"{prefix}-latency-{int(share * 100)}", 1024, "all", "none",
+                                     int(max(rate * 10 * scale, 1000)), rate,
+                                     "--producer-props", f"linger.ms={LATENCY_LINGER_MS}", on=on)
+            return out
+
+        def consume(pid_, bs_, topic, n):
+            # All of `topic` (`n` records of 1 KiB) by one consumer, with the broker's CPU.
+            c0 = cpu_seconds(pid_)
+            r = bench("consume", "--bootstrap-server", bs_, "--topic", topic, "--messages", str(n))
+            r["broker_cpu_s"] = cpu_seconds(pid_) - c0
+            r["gb"] = n * 1024 / 1e9
+            return r
+
+        paced = paced_runs("p", results[(1024, "all", "none")]["records_per_sec"])
 
         # Consume 1 KiB records just produced, from the page cache as a consumer that keeps up does
         # (no floor run after this produce: it would drop the page cache).
         n = int(1_000_000 * scale)
         produce("c-1024", 1024, "all", "none", n, floor=False)
         settle(drop_caches=False)
-        c0 = cpu_seconds(pid)
-        cons = bench("consume", "--bootstrap-server", bs, "--topic", "c-1024", "--messages", str(n))
-        cons["broker_cpu_s"] = cpu_seconds(pid) - c0
-        cons["gb"] = n * 1024 / 1e9
+        cons = consume(pid, bs, "c-1024", n)
 
         settle()
         e2e = bench("e2e-latency", "--bootstrap-server", bs, "--topic", "e2e", "--rate", "1000",
@@ -225,14 +234,7 @@ def main():
             # Another broker's unthrottled run (topic `<prefix>-1024-all`), then its fixed-rate
             # runs at shares of that rate.
             top = produce(f"{prefix}-1024-all", 1024, "all", "none", n, on=on)
-            paced_ = {}
-            for share in LATENCY_SHARES:
-                rate = int(top["records_per_sec"] * share)
-                paced_[share] = produce(f"{prefix}-latency-{int(share * 100)}", 1024, "all", "none",
-                                        int(max(rate * 10 * scale, 1000)), rate,
-                                        "--producer-props", f"linger.ms={LATENCY_LINGER_MS}",
-                                        on=on)
-            return top, paced_
+            return top, paced_runs(prefix, top["records_per_sec"], on=on)
         with running_broker("millrace-bench-window-", "--log-page-cache-window-bytes",
                             str(WINDOW)) as (wdata, wbs, wpid):
             windowed, wpaced = unthrottled_then_paced(
@@ -244,11 +246,7 @@ def main():
             direct, dpaced = unthrottled_then_paced("d", (ddata, dbs, dpid, ["--direct"]))
             direct_rss = rss_mb(dpid)  # before the consumer maps segment pages
             settle(drop_caches=True)
-            c0 = cpu_seconds(dpid)
-            dcons = bench("consume", "--bootstrap-server", dbs, "--topic", "d-1024-all",
-                          "--messages", str(n))
-            dcons["broker_cpu_s"] = cpu_seconds(dpid) - c0
-            dcons["gb"] = n * 1024 / 1e9
+            dcons = consume(dpid, dbs, "d-1024-all", n)
 
     def cpu_per_gb(r):
         return r["broker_cpu_s"] / r["gb"]

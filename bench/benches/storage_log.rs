@@ -55,8 +55,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use millrace_bench::{
     bench_log_config, bench_root, last_batch_header, pread_exact, record_batch, small_batch,
-    timed_in_chunks, BaselineFile, DirectBaselineFile, KeyGen, LogSink, Sink, SyncFile,
-    DISK_CAP_BYTES, LARGE_BATCH_PAYLOAD, SMALL_BATCH_PAYLOAD,
+    timed_in_chunks, BaselineFile, KeyGen, LogSink, Sink, DISK_CAP_BYTES, LARGE_BATCH_PAYLOAD,
+    SMALL_BATCH_PAYLOAD,
 };
 use millrace_storage::batch::BatchHeader;
 use millrace_storage::{now_ms, DirectIo, IoEngineChoice, Log, LogDir};
@@ -163,10 +163,10 @@ fn log_1_appender_durable(
 }
 
 /// A baseline that writes `batch` and fdatasyncs after each, as function `name`.
-fn baseline_write_fdatasync<F: SyncFile>(
+fn baseline_write_fdatasync(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
-    file: &mut F,
+    file: &mut BaselineFile,
     batch: &[u8],
 ) {
     let len = batch.len() as u64;
@@ -255,7 +255,7 @@ fn append_direct(c: &mut Criterion, label: &str, payload: usize) {
     // Where the file system refuses O_DIRECT the log would write through the page cache: there
     // is nothing to compare, so the group is skipped.
     let path = tmp.path().join("baseline-direct");
-    let mut file = match DirectBaselineFile::create(path, batch.len()) {
+    let mut file = match BaselineFile::create_direct(path, batch.len()) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("append_{label}/direct_durable skipped: O_DIRECT refused here ({e})");

@@ -209,26 +209,75 @@ impl Drop for LogSink<'_> {
     }
 }
 
-/// The baseline writer: a plain file written sequentially with `write_all`, made durable with
+/// The baseline writer: a plain file written sequentially with `write_all` (or through an
+/// aligned buffer with `O_DIRECT`, [`BaselineFile::create_direct`]), made durable with
 /// `sync_data` (`fdatasync`), and removed and created anew when recycled.
 #[derive(Debug)]
 pub struct BaselineFile {
     path: PathBuf,
     file: File,
     len: u64,
+    /// With `O_DIRECT`: the aligned staging buffer.
+    direct: Option<DirectBuf>,
+}
+
+/// The `O_DIRECT` baseline's staging buffer: appends are copied into it after the partial last
+/// block of the previous one, and that block and the new bytes are written with `pwrite` at the
+/// block boundary (the same copy and the same partial-block rewrite the direct-I/O log does,
+/// with plain system calls). `buf[at..at + cap]` is block-aligned: an aligned window of a
+/// larger `Vec`, which is never resized, so the window does not move.
+#[derive(Debug)]
+struct DirectBuf {
+    buf: Vec<u8>,
+    at: usize,
+    cap: usize,
+}
+
+const DIRECT_BLOCK: usize = 4096;
+
+fn open_file(path: &Path, direct: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = if direct { libc::O_DIRECT } else { 0 };
+    OpenOptions::new().write(true).create(true).truncate(true).custom_flags(flags).open(path)
 }
 
 impl BaselineFile {
     /// Creates (truncating) the file at `path`.
     pub fn create(path: impl Into<PathBuf>) -> std::io::Result<Self> {
         let path = path.into();
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
-        Ok(BaselineFile { path, file, len: 0 })
+        let file = open_file(&path, false)?;
+        Ok(BaselineFile { path, file, len: 0, direct: None })
     }
 
-    /// `write_all` at the end of the file.
+    /// Creates (truncating) the file at `path` for `O_DIRECT` appends of up to `max_append`
+    /// bytes (an error where the file system refuses `O_DIRECT`).
+    pub fn create_direct(path: impl Into<PathBuf>, max_append: usize) -> std::io::Result<Self> {
+        let path = path.into();
+        let file = open_file(&path, true)?;
+        let cap = (max_append + 2 * DIRECT_BLOCK).div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
+        let buf = vec![0u8; cap + DIRECT_BLOCK];
+        let at = buf.as_ptr().align_offset(DIRECT_BLOCK);
+        Ok(BaselineFile { path, file, len: 0, direct: Some(DirectBuf { buf, at, cap }) })
+    }
+
+    /// Appends `data`: `write_all` at the end of the file; with `O_DIRECT`, copied after the
+    /// partial last block and written from the block boundary.
     pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(data)?;
+        match &mut self.direct {
+            None => self.file.write_all(data)?,
+            Some(d) => {
+                let carried = (self.len % DIRECT_BLOCK as u64) as usize;
+                let end = carried + data.len();
+                let padded = end.div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
+                let buf = &mut d.buf[d.at..d.at + d.cap];
+                buf[carried..end].copy_from_slice(data);
+                buf[end..padded].fill(0);
+                self.file.write_all_at(&buf[..padded], self.len - carried as u64)?;
+                // The new partial block moves to the front for the next append.
+                let last = end / DIRECT_BLOCK * DIRECT_BLOCK;
+                buf.copy_within(last..end, 0);
+            }
+        }
         self.len += data.len() as u64;
         Ok(())
     }
@@ -243,30 +292,6 @@ impl BaselineFile {
     }
 }
 
-/// A baseline file that appends and syncs: [`BaselineFile`], [`DirectBaselineFile`].
-pub trait SyncFile: Sink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()>;
-    fn sync(&self) -> std::io::Result<()>;
-}
-
-impl SyncFile for BaselineFile {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        BaselineFile::write(self, data)
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        BaselineFile::sync(self)
-    }
-}
-
-impl SyncFile for DirectBaselineFile {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        DirectBaselineFile::write(self, data)
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        DirectBaselineFile::sync(self)
-    }
-}
-
 impl Sink for BaselineFile {
     fn stored_bytes(&self) -> u64 {
         self.len
@@ -275,7 +300,7 @@ impl Sink for BaselineFile {
         // Replace the file, not `self`: dropping the old `BaselineFile` would delete the new
         // file at the same path.
         std::fs::remove_file(&self.path)?;
-        self.file = OpenOptions::new().write(true).create(true).truncate(true).open(&self.path)?;
+        self.file = open_file(&self.path, self.direct.is_some())?;
         self.len = 0;
         // Commit the unlink now (as `LogDir::delete_log` does for a log), so that freeing the
         // old file's blocks is not paid by the next timed `fdatasync`.
@@ -287,94 +312,6 @@ impl Sink for BaselineFile {
 }
 
 impl Drop for BaselineFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// The `O_DIRECT` baseline of the direct-I/O log: appends are copied into an aligned buffer
-/// after the partial last block of the previous one, and that block and the new bytes are
-/// written with `pwrite` at the block boundary (the same copy and the same partial-block rewrite
-/// the log does, with plain system calls).
-#[derive(Debug)]
-pub struct DirectBaselineFile {
-    path: PathBuf,
-    file: File,
-    len: u64,
-    /// See [`aligned_zeroed`]: the buffer is `buf[at..at + cap]`.
-    buf: Vec<u8>,
-    at: usize,
-    cap: usize,
-}
-
-const DIRECT_BLOCK: usize = 4096;
-
-/// `len` zeroed bytes at a block-aligned address, as an aligned window of a larger `Vec` (which
-/// is never resized, so the window does not move): `(backing, offset of the window)`.
-fn aligned_zeroed(len: usize) -> (Vec<u8>, usize) {
-    let backing = vec![0u8; len + DIRECT_BLOCK];
-    let at = backing.as_ptr().align_offset(DIRECT_BLOCK);
-    (backing, at)
-}
-
-fn open_direct(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-}
-
-impl DirectBaselineFile {
-    /// Creates (truncating) the file at `path` for appends of up to `max_append` bytes.
-    pub fn create(path: impl Into<PathBuf>, max_append: usize) -> std::io::Result<Self> {
-        let path = path.into();
-        let file = open_direct(&path)?;
-        let cap = (max_append + 2 * DIRECT_BLOCK).div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
-        let (buf, at) = aligned_zeroed(cap);
-        Ok(DirectBaselineFile { path, file, len: 0, buf, at, cap })
-    }
-
-    /// Appends `data`: copied after the partial last block, written from the block boundary.
-    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let carried = (self.len % DIRECT_BLOCK as u64) as usize;
-        let end = carried + data.len();
-        let padded = end.div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
-        let buf = &mut self.buf[self.at..self.at + self.cap];
-        buf[carried..end].copy_from_slice(data);
-        buf[end..padded].fill(0);
-        self.file.write_all_at(&buf[..padded], self.len - carried as u64)?;
-        // The new partial block moves to the front for the next append.
-        let last = end / DIRECT_BLOCK * DIRECT_BLOCK;
-        buf.copy_within(last..end, 0);
-        self.len += data.len() as u64;
-        Ok(())
-    }
-
-    /// `fdatasync`.
-    pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
-    }
-}
-
-impl Sink for DirectBaselineFile {
-    fn stored_bytes(&self) -> u64 {
-        self.len
-    }
-    fn recycle(&mut self) -> std::io::Result<()> {
-        std::fs::remove_file(&self.path)?;
-        self.file = open_direct(&self.path)?;
-        self.len = 0;
-        if let Some(parent) = self.path.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for DirectBaselineFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }

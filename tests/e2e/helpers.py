@@ -146,3 +146,25 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def resident_share(path, start: float, end: float) -> float:
+    """Share of the pages of `path` in [start, end) (fractions of its length) that are in the
+    page cache, by mincore(2) on a private map of it."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            pages = (len(m) + 4095) // 4096
+            vec = (ctypes.c_ubyte * pages)()
+            buf = ctypes.c_char.from_buffer(m)
+            rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(len(m)), vec)
+            del buf
+            assert rc == 0, ctypes.get_errno()
+        finally:
+            m.close()
+    a, b = int(start * pages), int(end * pages)
+    return sum(v & 1 for v in vec[a:b]) / (b - a)

@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.admin import NewPartitions
 
 from helpers import (ck_admin, ck_consume, ck_consumer, ck_create_topic, ck_describe,
-                     ck_produce_all, ck_producer)
+                     ck_produce_all, ck_producer, resident_share)
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="sigterm"), pytest.param(signal.SIGKILL, id="sigkill")]
 N0 = 3000  # partition 0, uncompressed
@@ -169,8 +169,6 @@ def test_direct_io_keeps_acked_records_across_crash_and_restart(broker_factory, 
     acks=all survive kill -9 and a graceful restart byte-exact; the zeros a direct write leaves
     after the log end are cut without a torn-write warning, and offsets continue."""
     import subprocess
-
-    from test_roundtrip import resident_share
 
     broker = broker_factory(extra_args=["--log-direct-io", "--log-direct-io-cache-bytes", "262144",
                                         "--log-segment-bytes", "4194304"])

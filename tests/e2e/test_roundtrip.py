@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 import kafka_raw
-from helpers import ck_consume, ck_produce_all, ck_producer, kp_consume, kp_producer
+from helpers import (ck_consume, ck_produce_all, ck_producer, kp_consume, kp_producer,
+                     resident_share)
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 CODEC_IDS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
@@ -150,25 +151,3 @@ def test_page_cache_window_keeps_every_record_readable(broker_factory, topic_nam
     assert [m.offset() for m in got] == list(range(n))
     bad_values = [m.offset() for m in got if m.value() != value(m.offset())]
     assert not bad_values, bad_values[:5]
-
-
-def resident_share(path, start: float, end: float) -> float:
-    """Share of the pages of `path` in [start, end) (fractions of its length) that are in the
-    page cache, by mincore(2) on a private map of it."""
-    import ctypes
-    import mmap
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open(path, "rb") as f:
-        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        try:
-            pages = (len(m) + 4095) // 4096
-            vec = (ctypes.c_ubyte * pages)()
-            buf = ctypes.c_char.from_buffer(m)
-            rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_size_t(len(m)), vec)
-            del buf
-            assert rc == 0, ctypes.get_errno()
-        finally:
-            m.close()
-    a, b = int(start * pages), int(end * pages)
-    return sum(v & 1 for v in vec[a:b]) / (b - a)

@@ -856,22 +856,35 @@ impl Drop for IoThread {
     }
 }
 
-/// Writes `chunks`, in order, at `offset` of `file` with `pwritev` (continuing short writes,
-/// retrying on EINTR); returns how many bytes that was. Buffered writes are done here, on the I/O thread: ext4 cannot take them
-/// without possibly blocking, so io_uring would hand every one to an io-wq worker thread, and
-/// on these machines the wake-ups and context switches of that hand-off cost more CPU than the
-/// copy into the page cache itself (docs/design/storage.md, "Write path").
+/// Writes `chunks`, in order, at `offset` of `file`; returns how many bytes that was. Buffered
+/// writes are done here, on the I/O thread: ext4 cannot take them without possibly blocking, so
+/// io_uring would hand every one to an io-wq worker thread, and on these machines the wake-ups
+/// and context switches of that hand-off cost more CPU than the copy into the page cache itself
+/// (docs/design/storage.md, "Write path").
 fn write_all_at(
     file: &File,
     chunks: &[Piece],
     offset: u64,
     iov: &mut Vec<libc::iovec>,
 ) -> std::result::Result<usize, String> {
-    let len: usize = chunks.iter().map(|c| c.bytes().len()).sum();
+    pwritev_all(file, offset, chunks.iter().map(Piece::bytes), 1, iov)
+}
+
+/// Writes `parts` back to back at `offset` of `file` with `pwritev` (at most `IOV_MAX` iovecs
+/// a call; short writes continued, EINTR retried); returns how many bytes that was. Each call
+/// must write a multiple of `unit` bytes (a direct write stopping mid-block is an error).
+pub(crate) fn pwritev_all<'a>(
+    file: &File,
+    offset: u64,
+    parts: impl Iterator<Item = &'a [u8]> + Clone,
+    unit: usize,
+    iov: &mut Vec<libc::iovec>,
+) -> std::result::Result<usize, String> {
+    let len: usize = parts.clone().map(<[u8]>::len).sum();
     let mut written = 0;
     while written < len {
-        iovecs_over(chunks, written, iov);
-        // SAFETY: `file` is open; the iovecs point into `chunks`, alive for the call.
+        iovecs_over(parts.clone(), written, iov);
+        // SAFETY: `file` is open; the iovecs point into `parts`, borrowed for the call.
         let n = unsafe {
             libc::pwritev(
                 file.as_raw_fd(),
@@ -881,7 +894,8 @@ fn write_all_at(
             )
         };
         match n {
-            n if n > 0 => written += n as usize,
+            n if n > 0 && n as usize % unit == 0 => written += n as usize,
+            n if n > 0 => return Err(format!("write stopped at {n} bytes, mid-block")),
             0 => return Err("wrote zero bytes".to_string()),
             _ => {
                 let e = std::io::Error::last_os_error();
@@ -894,12 +908,15 @@ fn write_all_at(
     Ok(len)
 }
 
-/// Fills `v` with iovecs covering `chunks` after the first `skip` bytes (at most `IOV_MAX` of
+/// Fills `v` with iovecs covering `parts` after the first `skip` bytes (at most `IOV_MAX` of
 /// them; a longer list is written in several calls, as short writes are).
-fn iovecs_over(chunks: &[Piece], mut skip: usize, v: &mut Vec<libc::iovec>) {
+fn iovecs_over<'a>(
+    parts: impl Iterator<Item = &'a [u8]>,
+    mut skip: usize,
+    v: &mut Vec<libc::iovec>,
+) {
     v.clear();
-    for c in chunks {
-        let c = c.bytes();
+    for c in parts {
         if skip >= c.len() {
             skip -= c.len();
             continue;
@@ -914,7 +931,7 @@ fn iovecs_over(chunks: &[Piece], mut skip: usize, v: &mut Vec<libc::iovec>) {
 }
 
 /// Iovecs per write call (Linux's UIO_MAXIOV).
-const IOV_MAX: usize = 1024;
+pub(crate) const IOV_MAX: usize = 1024;
 
 /// One group commit of one log: an fdatasync per dirty file, all in flight together.
 struct SyncGroup {

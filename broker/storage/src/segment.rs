@@ -78,6 +78,21 @@ pub(crate) struct Segment {
     state: Mutex<SegmentState>,
 }
 
+/// Asks the kernel to drop `file`'s cached pages in `[from, from + len)` (`len` 0: to the end);
+/// whether it took the advice.
+fn drop_cached(file: &File, from: u64, len: u64) -> bool {
+    // SAFETY: plain system call on an open descriptor; no memory is passed.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            from as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    rc == 0
+}
+
 /// Paths of a segment's three files.
 pub(crate) fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
     let stem = file_stem(base_offset);
@@ -393,10 +408,8 @@ impl Segment {
 
     /// Shrinks the (unreferenced) log file to nothing, `DELETE_STEP` bytes at a time.
     fn cut_gradually(&self) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
         // Its pages first, in one go: dropping cached pages does not touch the disk.
-        // SAFETY: plain system call on an open descriptor; no memory is passed.
-        unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        drop_cached(&self.file, 0, 0);
         let mut len = self.file.metadata()?.len();
         while len > DELETE_STEP {
             len -= DELETE_STEP;
@@ -426,17 +439,8 @@ impl Segment {
         if to <= from {
             return;
         }
-        // SAFETY: plain system call on an open descriptor; no memory is passed.
-        let rc = unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                from as libc::off_t,
-                (to - from) as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
         // Advice that fails (it cannot, on an open regular file) only leaves pages cached.
-        if rc == 0 {
+        if drop_cached(&self.file, from, to - from) {
             self.cache_dropped_to.store(to, Ordering::Relaxed);
         }
     }
