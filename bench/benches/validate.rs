@@ -45,7 +45,9 @@ fn validate(c: &mut Criterion) {
         group.bench_function("validate", |b| {
             b.iter(|| batch::validate(black_box(&set), 1 << 20).map(|v| v.len()))
         });
-        group.bench_function("baseline_crc32c", |b| b.iter(|| crc32c::crc32c(black_box(&set))));
+        group.bench_function("baseline_crc32c", |b| {
+            b.iter(|| millrace_storage::batch::crc32c(black_box(&set)))
+        });
         group.finish();
     }
 }

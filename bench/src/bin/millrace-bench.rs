@@ -515,7 +515,7 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
     if a.drop_behind.is_some() && (!a.fsync_every_chunk || a.direct) {
         return Err("--drop-behind needs --fsync-every-chunk and buffered writes".into());
     }
-    if a.direct && a.chunk % ALIGN != 0 {
+    if a.direct && !a.chunk.is_multiple_of(ALIGN) {
         return Err(format!("--direct needs a --chunk that is a multiple of {ALIGN}").into());
     }
     let path = a.dir.join(format!("millrace-bench-baseline-{}", std::process::id()));

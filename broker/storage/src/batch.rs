@@ -129,7 +129,13 @@ impl BatchHeader {
 
 /// CRC-32C over `attributes..end` of one whole batch.
 pub fn compute_crc(batch: &[u8]) -> u32 {
-    crc32c::crc32c(&batch[OFF_ATTRIBUTES..])
+    crc32c(&batch[OFF_ATTRIBUTES..])
+}
+
+/// CRC-32C (Castagnoli, "iSCSI") of `data`.
+pub fn crc32c(data: &[u8]) -> u32 {
+    // A CRC-32 fits in the low 32 bits of the crate's u64.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
 
 /// What validation learned of one batch of an append.
@@ -527,6 +533,24 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check value of CRC-32C (Castagnoli): "123456789" gives 0xE3069283; the empty
+    /// input 0; and a large input agrees with a bitwise reference.
+    #[test]
+    fn crc32c_is_castagnoli() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+        let data: Vec<u8> =
+            (0..100_003u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut crc = !0u32;
+        for &b in &data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            }
+        }
+        assert_eq!(crc32c(&data), !crc);
+    }
 
     fn sample() -> Vec<u8> {
         let mut b = BatchBuilder::new();

@@ -34,7 +34,7 @@ impl PartitionState {
         b[5] = u8::from(self.clean);
         b[8..16].copy_from_slice(&self.recovery_point.to_be_bytes());
         b[16..24].copy_from_slice(&self.log_start_offset.to_be_bytes());
-        let crc = crc32c::crc32c(&b[..24]);
+        let crc = crate::batch::crc32c(&b[..24]);
         b[24..].copy_from_slice(&crc.to_be_bytes());
         b
     }
@@ -43,7 +43,7 @@ impl PartitionState {
         if b.len() != LEN || &b[..4] != MAGIC || b[4] != 1 {
             return None;
         }
-        if crc32c::crc32c(&b[..24]).to_be_bytes() != b[24..28] {
+        if crate::batch::crc32c(&b[..24]).to_be_bytes() != b[24..28] {
             return None;
         }
         let i64_at = |at: usize| {

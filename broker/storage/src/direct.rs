@@ -121,7 +121,7 @@ fn block_suits(f: &File) -> bool {
     match dio_align(f) {
         None => true,
         Some((mem, off)) => {
-            let fits = |a: u32| a != 0 && BLOCK % u64::from(a) == 0;
+            let fits = |a: u32| a != 0 && BLOCK.is_multiple_of(u64::from(a));
             fits(mem) && fits(off)
         }
     }
@@ -267,7 +267,7 @@ impl ChunkBuf {
             // and the chunk its aligned window (the untouched slack costs no memory), so that
             // the kernel can back it with transparent huge pages (asked for below): one page
             // fault per 2 MiB, and a direct write pins a huge page at once instead of 512.
-            let huge = cap % HUGE_PAGE == 0;
+            let huge = cap.is_multiple_of(HUGE_PAGE);
             let len = if huge { cap + HUGE_PAGE } else { cap } as usize;
             match memmap2::MmapMut::map_anon(len) {
                 Ok(mut map) => {

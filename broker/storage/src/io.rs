@@ -894,7 +894,7 @@ pub(crate) fn pwritev_all<'a>(
             )
         };
         match n {
-            n if n > 0 && n as usize % unit == 0 => written += n as usize,
+            n if n > 0 && (n as usize).is_multiple_of(unit) => written += n as usize,
             n if n > 0 => return Err(format!("write stopped at {n} bytes, mid-block")),
             0 => return Err("wrote zero bytes".to_string()),
             _ => {

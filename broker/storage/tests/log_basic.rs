@@ -136,7 +136,7 @@ fn segments_roll_by_size_and_time_and_reopen_cleanly() {
         assert!(log_dir.join(format!("{name}.log")).exists());
         log.close().unwrap();
         let idx_len = std::fs::metadata(log_dir.join(format!("{name}.index"))).unwrap().len();
-        assert!(idx_len < 1024 && idx_len % 8 == 0, "trimmed offset index: {idx_len}");
+        assert!(idx_len < 1024 && idx_len.is_multiple_of(8), "trimmed offset index: {idx_len}");
         drop(log);
 
         let log = open(dir.path(), config, &io);
