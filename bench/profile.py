@@ -39,9 +39,13 @@ CATEGORIES = [
     ("waiting and waking (epoll, futex, eventfd, io_uring waits, context switches)",
      ("do_epoll_wait", "futex", "eventfd", "io_cqring_wait", "schedule", "finish_task_switch",
       "try_to_wake_up", "io_wq_enqueue", "io_wq_worker"), False),
-    ("CRC-32C of record batches", ("crc32c",), True),
+    ("CRC-32C of record batches", ("crc32c", "crc_fast"), True),
     ("record validation (headers, varints)", ("millrace_storage::batch",), True),
-    ("user-space copies and allocation", ("memmove", "memcpy", "malloc", "free", "realloc"), True),
+    # With direct I/O a batch is copied into the tail by `Tail::append` (its streaming copy is
+    # inlined there).
+    ("user-space copies and allocation",
+     ("memmove", "memcpy", "malloc", "free", "realloc", "direct::Tail::append", "copy_streaming"),
+     True),
     ("the broker's other user-space code (decode/encode, tokio, libc)", ("",), True),
 ]
 OTHER = "other kernel work (page faults, timers, interrupts)"
