@@ -74,12 +74,19 @@ def running_broker(prefix, *args):
                 stderr=log, env={**os.environ, "RUST_LOG": "warn"})
             try:
                 for _ in range(200):
+                    if broker.poll() is not None:
+                        break
                     try:
                         socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
                         break
                     except OSError:
                         time.sleep(0.05)
                 time.sleep(0.5)
+                if broker.poll() is not None:
+                    # A broker that refused its arguments: say why instead of letting the
+                    # clients retry forever.
+                    with open(os.path.join(data, "broker.log")) as f:
+                        raise RuntimeError(f"broker exited with {broker.returncode}: {f.read()[-2000:]}")
                 yield data, bs, broker.pid
             finally:
                 broker.send_signal(signal.SIGTERM)

@@ -233,9 +233,9 @@ pub(crate) struct ChunkBuf {
 }
 
 /// Buffers from this size up are mapped (anonymous memory of their own): their pages become
-/// resident as bytes are written and go back to the system when the buffer is dropped, which
-/// heap memory of this size would not reliably do (a tail that lets go must not leave its
-/// chunk's pages resident in the allocator).
+/// resident as bytes are written (a huge page's 2 MiB at its first byte) and go back to the
+/// system when the buffer is dropped, which heap memory of this size would not reliably do (a
+/// tail that lets go must not leave its chunk's pages resident in the allocator).
 const MAP_FROM: u64 = 64 << 10;
 /// The size of an x86-64 transparent huge page (elsewhere the alignment only wastes address
 /// space).
@@ -275,7 +275,7 @@ impl ChunkBuf {
                     let at = if huge { base.align_offset(HUGE_PAGE as usize) } else { 0 };
                     if huge {
                         // Only advice: without it (or without huge pages) the chunk works the same.
-                        let _ = map.advise(memmap2::Advice::HugePage);
+                        let _ = map.advise_range(memmap2::Advice::HugePage, at, cap as usize);
                     }
                     // SAFETY: `at + cap <= len` (the offset to the next boundary is below one
                     // huge page), within the map.
@@ -348,10 +348,11 @@ const STREAM_FROM: usize = 64 << 10;
 unsafe fn copy_streaming(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE2 is part of x86-64; the accesses stay within `[0, len)` of both buffers
-    // (the caller's promise), the streamed ones 16-byte aligned on `dst`.
+    // (the caller's promise), the streamed ones 64-byte aligned on `dst`.
     unsafe {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
-        let head = dst.align_offset(16).min(len);
+        // Whole cache lines streamed (the first and last partial ones copied plainly).
+        let head = dst.align_offset(64).min(len);
         std::ptr::copy_nonoverlapping(src, dst, head);
         let mut i = head;
         while i + 64 <= len {

@@ -1107,7 +1107,14 @@ mod tests {
     /// page cache instead: no tail, and appends, reads, rolls and a reopen work as usual.
     #[test]
     fn direct_io_falls_back_where_the_alignment_does_not_suit() {
+        struct Refuse;
+        impl Drop for Refuse {
+            fn drop(&mut self) {
+                direct::tests::REFUSE_ALIGNMENT.set(false);
+            }
+        }
         direct::tests::REFUSE_ALIGNMENT.set(true);
+        let _refuse = Refuse; // until the end of the test, even a failed one
         let (dir, io, config) = direct_dir(64 << 10, 8 << 10);
         let log = Log::open(dir.path().join("t-0"), config.clone(), io.clone()).unwrap();
         let mut want = Vec::new();
@@ -1126,7 +1133,6 @@ mod tests {
         assert!(log.open_report().truncations.is_empty());
         assert_eq!(read_all(&log), want);
         assert_eq!(io.direct_io_memory(), 0);
-        direct::tests::REFUSE_ALIGNMENT.set(false);
     }
 
     /// Appends from several threads, queued faster than they are written (the I/O thread
