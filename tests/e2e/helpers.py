@@ -168,3 +168,21 @@ def resident_share(path, start: float, end: float) -> float:
             m.close()
     a, b = int(start * pages), int(end * pages)
     return sum(v & 1 for v in vec[a:b]) / (b - a)
+
+
+def dontneed_drops_pages(directory) -> bool:
+    """Whether the file system of `directory` lets POSIX_FADV_DONTNEED drop a synced file's
+    pages (not on tmpfs, where the page cache is the storage, nor wherever the advice is a
+    no-op): what the page-cache checks of the tests rely on."""
+    import os
+
+    path = os.path.join(str(directory), "dontneed-probe")
+    with open(path, "wb") as f:
+        f.write(b"\x07" * (1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    try:
+        return resident_share(path, 0.0, 1.0) < 0.05
+    finally:
+        os.unlink(path)
