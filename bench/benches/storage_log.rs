@@ -52,7 +52,8 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use millrace_bench::{
     bench_log_config, bench_root, last_batch_header, pread_exact, record_batch, small_batch,
     timed_in_chunks, BaselineFile, KeyGen, LogSink, Sink, DISK_CAP_BYTES, LARGE_BATCH_PAYLOAD,
@@ -102,15 +103,22 @@ fn open_log_dir(tmp: &TempDir) -> LogDir {
     dir
 }
 
+/// A group of the disk benchmarks' shape: 10 samples, 1 s of warm-up, 5 s measured, `bytes`
+/// counted per iteration.
+fn disk_group<'a>(c: &'a mut Criterion, name: String, bytes: u64) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.sample_size(10).warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5)).throughput(Throughput::Bytes(bytes));
+    group
+}
+
 fn append_nowait(c: &mut Criterion, label: &str, payload: usize) {
     let tmp = temp_dir("append");
     let dir = open_log_dir(&tmp);
     let batch = record_batch(payload, now_ms());
     let len = batch.len() as u64;
 
-    let mut group = c.benchmark_group(format!("append_{label}/nowait"));
-    group.sample_size(10).warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(5)).throughput(Throughput::Bytes(len));
+    let mut group = disk_group(c, format!("append_{label}/nowait"), len);
 
     let mut sink = LogSink::open(&dir, "nowait", 0, bench_log_config());
     group.bench_function("log_1_appender", |b| {
@@ -188,11 +196,7 @@ fn append_durable(c: &mut Criterion, label: &str, payload: usize) {
     let batch = record_batch(payload, now_ms());
     let len = batch.len() as u64;
 
-    let mut group = c.benchmark_group(format!("append_{label}/durable"));
-    group.sample_size(10).warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(5));
-
-    group.throughput(Throughput::Bytes(len));
+    let mut group = disk_group(c, format!("append_{label}/durable"), len);
     log_1_appender_durable(&mut group, &dir, "durable", &batch);
     let mut file = BaselineFile::create(tmp.path().join("baseline-durable")).expect("create");
     baseline_write_fdatasync(&mut group, "baseline_write_fdatasync", &mut file, &batch);
@@ -265,9 +269,7 @@ fn append_direct(c: &mut Criterion, label: &str, payload: usize) {
     let dir = open_log_dir(&tmp);
     dir.set_direct_io(Some(DirectIo::with_cache(8 << 20)));
 
-    let mut group = c.benchmark_group(format!("append_{label}/direct_durable"));
-    group.sample_size(10).warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(5)).throughput(Throughput::Bytes(len));
+    let mut group = disk_group(c, format!("append_{label}/direct_durable"), len);
     log_1_appender_durable(&mut group, &dir, "direct", &batch);
     baseline_write_fdatasync(&mut group, "baseline_odirect_write_fdatasync", &mut file, &batch);
     group.finish();
@@ -323,9 +325,7 @@ fn read(c: &mut Criterion) {
     assert_eq!(total, file.stored_bytes(), "a scan must return every byte of the log once");
     let reader = std::fs::File::open(file.path()).expect("open");
 
-    let mut group = c.benchmark_group("read_256MiB/1MiB_reads");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(5)).throughput(Throughput::Bytes(total));
+    let mut group = disk_group(c, "read_256MiB/1MiB_reads".to_string(), total);
     group.bench_function("log_read", |b| {
         b.iter(|| {
             scan(log, |r| {
