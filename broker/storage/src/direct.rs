@@ -177,9 +177,15 @@ impl TailBudget {
         let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
         // Forget tails that are gone once in a while, so the list stays as long as the live ones.
         if tails.len() >= 64 && tails.len().is_power_of_two() {
-            tails.retain(|(s, t)| s.strong_count() > 0 && Arc::strong_count(t) > 1);
+            Self::forget_gone(&mut tails);
         }
         tails.push((segment, tick));
+    }
+
+    /// Drops the entries of segments or tails that are gone (the tail holds the tick's other
+    /// reference).
+    fn forget_gone(tails: &mut Vec<(Weak<Segment>, Arc<AtomicU64>)>) {
+        tails.retain(|(s, t)| s.strong_count() > 0 && Arc::strong_count(t) > 1);
     }
 
     /// Whether a new chunk should make other tails let go: over the budget, and by an eighth
@@ -193,14 +199,13 @@ impl TailBudget {
     /// that this runs once per several new chunks, not for each): first their spare chunks
     /// and block buffers (no data), then, appended to least recently first, what they wrote
     /// ([`Tail::shed`]). A tail whose segment is locked (being appended to or read, the
-    /// caller's own included) is passed over. The memory is given back after the list is
-    /// unlocked.
-    fn reclaim(&self) {
-        let mut freed = Vec::new();
+    /// caller's own included) is passed over. The buffers let go of go to `freed`, for the
+    /// appender to drop once it holds no lock.
+    fn reclaim(&self, freed: &mut Vec<Arc<ChunkBuf>>) {
         let target = self.limit - self.limit / 8;
         {
             let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
-            tails.retain(|(s, t)| s.strong_count() > 0 && Arc::strong_count(t) > 1);
+            Self::forget_gone(&mut tails);
             let mut order: Vec<(u64, usize)> = tails
                 .iter()
                 .enumerate()
@@ -213,14 +218,13 @@ impl TailBudget {
                         break 'passes;
                     }
                     if let Some(segment) = tails[i].0.upgrade() {
-                        segment.shed_tail(data, &mut freed);
+                        segment.shed_tail(data, freed);
                     }
                 }
             }
         }
         let held = self.held();
         self.stuck.store(if held > target { held } else { 0 }, Ordering::Relaxed);
-        drop(freed);
     }
 }
 
@@ -507,6 +511,10 @@ pub(crate) struct Tail {
     file: Arc<File>,
     chunks: VecDeque<TailChunk>,
     spare: Vec<Arc<ChunkBuf>>,
+    /// Buffers let go of during an append (by this tail or, over the budget, by others): the
+    /// appender drops them once it has released its locks ([`Tail::take_freed`]), so that
+    /// unmapping them does not hold up the partition.
+    freed: Vec<Arc<ChunkBuf>>,
     /// One-block buffers for the last block of writes, reused once their write is done.
     blocks: Vec<Arc<ChunkBuf>>,
     /// While there is no chunk yet: the file's bytes of the partial block before `end`.
@@ -537,6 +545,7 @@ impl Tail {
             file: Arc::new(file),
             chunks: VecDeque::new(),
             spare: Vec::new(),
+            freed: Vec::new(),
             blocks: Vec::new(),
             seed,
             end,
@@ -623,7 +632,7 @@ impl Tail {
         self.tick.store(self.budget.clock.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.evict(published);
         if self.budget.wants_reclaim() {
-            self.budget.reclaim();
+            self.budget.reclaim(&mut self.freed);
         }
     }
 
@@ -644,12 +653,19 @@ impl Tail {
                 self.spare.push(c.buf);
             } else {
                 self.credit(c.buf.cap());
+                self.freed.push(c.buf);
             }
         }
         if self.budget.over() && !self.spare.is_empty() {
-            let n = self.spare.drain(..).map(|b| b.cap()).sum();
+            let n = self.spare.iter().map(|b| b.cap()).sum();
             self.credit(n);
+            self.freed.append(&mut self.spare);
         }
+    }
+
+    /// Moves the buffers let go of during appends into `to` (see `freed`).
+    pub(crate) fn take_freed(&mut self, to: &mut Vec<Arc<ChunkBuf>>) {
+        to.append(&mut self.freed);
     }
 
     /// Lets go of its spare chunks and block buffers and, with `data`, of everything it holds

@@ -192,9 +192,7 @@ impl Log {
         }
         if segments.is_empty() {
             let base = state.log_start_offset.max(0);
-            let seg = Arc::new(Segment::create(&dir, base, &config, io.direct_io().as_ref())?);
-            seg.register_tail();
-            segments.insert(base, seg);
+            segments.insert(base, Segment::create(&dir, base, &config, io.direct_io().as_ref())?);
             checkpoint::sync_dir(&dir).map_err(|e| StorageError::io(&dir, e))?;
         } else if let Some(active) = segments.values().next_back() {
             // Indexes loaded trimmed get their preallocation back; rebuilt ones have it.
@@ -290,10 +288,11 @@ impl Log {
     /// Validates, assigns offsets and queues the write. Returns at once; `durable` resolves
     /// when the records are on disk. On any error the log is unchanged.
     ///
-    /// The record bytes are not copied: each batch is written as its first 16 bytes with the
-    /// broker's base offset and leader epoch (a small new buffer) followed by the rest of the
-    /// caller's `Bytes`, in one vectored write. Only LogAppendTime, which rewrites fields under
-    /// the CRC, copies the batches.
+    /// Through the page cache the record bytes are not copied: each batch is written as its
+    /// first 16 bytes with the broker's base offset and leader epoch (a small new buffer)
+    /// followed by the rest of the caller's `Bytes`, in one vectored write. Only LogAppendTime,
+    /// which rewrites fields under the CRC, copies the batches. With direct I/O each batch is
+    /// copied once, into the segment's tail (see `direct`).
     pub fn append_bytes(
         &self,
         records: Bytes,
@@ -303,6 +302,8 @@ impl Log {
         let max_message_bytes = lock(&self.inner).config.max_message_bytes;
         let batches = batch::validate(&records, max_message_bytes)?;
 
+        // Buffers the direct tail let go of: dropped after the locks below (declared first).
+        let mut freed = Vec::new();
         let mut inner = lock(&self.inner);
         self.check_writable(&inner)?;
         let config = inner.config.clone();
@@ -352,9 +353,7 @@ impl Log {
                 (None, Some(_)) => {} // written whole below
                 (None, None) => {
                     chunks.push(io::Piece::Head(head));
-                    chunks.push(io::Piece::Bytes(
-                        records.slice(b.position + BATCH_PATCH_LEN..b.position + b.len),
-                    ));
+                    chunks.push(io::Piece::Bytes(records.slice_ref(body)));
                 }
             }
             let last = next + i64::from(b.record_count) - 1;
@@ -374,7 +373,10 @@ impl Log {
         let position = position.unwrap_or(st.reserved_len);
         let end = st.reserved_len;
         let data = match st.tail.as_mut() {
-            Some(tail) => io::AppendData::Direct(tail.write_for(position, end)),
+            Some(tail) => {
+                tail.take_freed(&mut freed);
+                io::AppendData::Direct(tail.write_for(position, end))
+            }
             None => {
                 if let Some(data) = copy {
                     chunks.push(io::Piece::Bytes(data.freeze()));
@@ -450,8 +452,6 @@ impl Log {
         };
         let direct = self.io.direct_io();
         let new = Segment::create(&self.dir, base, &inner.config, direct.as_ref()).map_err(fail)?;
-        let new = Arc::new(new);
-        new.register_tail();
         old.pass_spares(&new);
         checkpoint::sync_dir(&self.dir).map_err(|e| fail(StorageError::io(&self.dir, e)))?;
         // A direct tail is kept for one roll, for readers just behind; the one before goes.

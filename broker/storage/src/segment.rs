@@ -131,14 +131,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Segment {
     /// Creates a new empty segment (its files are truncated if they exist). `direct`: write it
-    /// with direct I/O, its tail's memory counted in that budget (then call
-    /// [`Segment::register_tail`] once it is shared).
+    /// with direct I/O, its tail's memory counted in that budget (and the tail registered
+    /// there).
     pub(crate) fn create(
         dir: &Path,
         base_offset: i64,
         config: &LogConfig,
         direct: Option<&Arc<TailBudget>>,
-    ) -> Result<Segment> {
+    ) -> Result<Arc<Segment>> {
         let (log_path, index_path, time_path) = paths(dir, base_offset);
         let file = OpenOptions::new()
             .read(true)
@@ -161,7 +161,7 @@ impl Segment {
             }
             None => None,
         };
-        Ok(Segment {
+        let segment = Arc::new(Segment {
             base_offset,
             log_path,
             file: Arc::new(file),
@@ -180,7 +180,9 @@ impl Segment {
                 sealed: false,
                 tail,
             }),
-        })
+        });
+        segment.register_tail();
+        Ok(segment)
     }
 
     /// Opens an existing segment. With `recover`, every batch is checked (CRC included), a
@@ -470,7 +472,7 @@ impl Segment {
 
     /// Lists this segment's direct tail, if it has one, with its directory's budget, so that
     /// other tails over the budget can make it let go ([`Segment::shed_tail`]).
-    pub(crate) fn register_tail(self: &Arc<Self>) {
+    fn register_tail(self: &Arc<Self>) {
         let st = self.state();
         if let Some((budget, tick)) = st.tail.as_ref().map(Tail::registration) {
             budget.register(Arc::downgrade(self), tick);
@@ -788,10 +790,7 @@ impl Segment {
                     direct::align_down(end),
                 )
                 .map_err(|e| StorageError::io(&self.log_path, e))?;
-                let tail = Tail::new(f, end, seed, budget.clone());
-                let (_, tick) = tail.registration();
-                budget.register(Arc::downgrade(self), tick);
-                st.tail = Some(tail);
+                st.tail = Some(Tail::new(f, end, seed, budget.clone()));
             }
         }
         st.offset_index
@@ -803,6 +802,8 @@ impl Segment {
             .grow(config.segment_index_bytes)
             .map_err(|e| StorageError::io(&self.log_path, e))?;
         st.sealed = false;
+        drop(st);
+        self.register_tail();
         Ok(())
     }
 
