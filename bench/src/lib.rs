@@ -217,25 +217,48 @@ pub struct BaselineFile {
     path: PathBuf,
     file: File,
     len: u64,
-    /// With `O_DIRECT`: the aligned staging buffer.
-    direct: Option<DirectBuf>,
+    /// With `O_DIRECT`: the staging buffer. Appends are copied into it after the partial last
+    /// block of the previous one, and that block and the new bytes are written with `pwrite`
+    /// at the block boundary (the same copy and the same partial-block rewrite the direct-I/O
+    /// log does, with plain system calls).
+    direct: Option<AlignedBuf>,
 }
 
-/// The `O_DIRECT` baseline's staging buffer: appends are copied into it after the partial last
-/// block of the previous one, and that block and the new bytes are written with `pwrite` at the
-/// block boundary (the same copy and the same partial-block rewrite the direct-I/O log does,
-/// with plain system calls). `buf[at..at + cap]` is block-aligned: an aligned window of a
-/// larger `Vec`, which is never resized, so the window does not move.
+/// `len` bytes at a block-aligned address, as `O_DIRECT` needs: an aligned window of a larger
+/// `Vec`, which is never resized, so the window does not move.
 #[derive(Debug)]
-struct DirectBuf {
-    buf: Vec<u8>,
+pub struct AlignedBuf {
+    backing: Vec<u8>,
     at: usize,
-    cap: usize,
+    len: usize,
 }
 
-const DIRECT_BLOCK: usize = 4096;
+/// The alignment of [`AlignedBuf`] and of direct writes here.
+pub const DIRECT_BLOCK: usize = 4096;
 
-fn open_file(path: &Path, direct: bool) -> std::io::Result<File> {
+impl AlignedBuf {
+    /// `len` bytes, byte `i` set to `fill(i)`.
+    pub fn new(len: usize, fill: impl Fn(usize) -> u8) -> AlignedBuf {
+        let backing = vec![0u8; len + DIRECT_BLOCK];
+        let at = backing.as_ptr().align_offset(DIRECT_BLOCK);
+        let mut b = AlignedBuf { backing, at, len };
+        for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+            *x = fill(i);
+        }
+        b
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.backing[self.at..self.at + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.backing[self.at..self.at + self.len]
+    }
+}
+
+/// Creates (truncating) `path` for writing, with `O_DIRECT` if `direct`.
+pub fn create_file(path: &Path, direct: bool) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let flags = if direct { libc::O_DIRECT } else { 0 };
     OpenOptions::new().write(true).create(true).truncate(true).custom_flags(flags).open(path)
@@ -245,7 +268,7 @@ impl BaselineFile {
     /// Creates (truncating) the file at `path`.
     pub fn create(path: impl Into<PathBuf>) -> std::io::Result<Self> {
         let path = path.into();
-        let file = open_file(&path, false)?;
+        let file = create_file(&path, false)?;
         Ok(BaselineFile { path, file, len: 0, direct: None })
     }
 
@@ -253,11 +276,10 @@ impl BaselineFile {
     /// bytes (an error where the file system refuses `O_DIRECT`).
     pub fn create_direct(path: impl Into<PathBuf>, max_append: usize) -> std::io::Result<Self> {
         let path = path.into();
-        let file = open_file(&path, true)?;
+        let file = create_file(&path, true)?;
         let cap = (max_append + 2 * DIRECT_BLOCK).div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
-        let buf = vec![0u8; cap + DIRECT_BLOCK];
-        let at = buf.as_ptr().align_offset(DIRECT_BLOCK);
-        Ok(BaselineFile { path, file, len: 0, direct: Some(DirectBuf { buf, at, cap }) })
+        let buf = AlignedBuf::new(cap, |_| 0);
+        Ok(BaselineFile { path, file, len: 0, direct: Some(buf) })
     }
 
     /// Appends `data`: `write_all` at the end of the file; with `O_DIRECT`, copied after the
@@ -269,7 +291,7 @@ impl BaselineFile {
                 let carried = (self.len % DIRECT_BLOCK as u64) as usize;
                 let end = carried + data.len();
                 let padded = end.div_ceil(DIRECT_BLOCK) * DIRECT_BLOCK;
-                let buf = &mut d.buf[d.at..d.at + d.cap];
+                let buf = d.as_mut_slice();
                 buf[carried..end].copy_from_slice(data);
                 buf[end..padded].fill(0);
                 self.file.write_all_at(&buf[..padded], self.len - carried as u64)?;
@@ -300,7 +322,7 @@ impl Sink for BaselineFile {
         // Replace the file, not `self`: dropping the old `BaselineFile` would delete the new
         // file at the same path.
         std::fs::remove_file(&self.path)?;
-        self.file = open_file(&self.path, self.direct.is_some())?;
+        self.file = create_file(&self.path, self.direct.is_some())?;
         self.len = 0;
         // Commit the unlink now (as `LogDir::delete_log` does for a log), so that freeing the
         // old file's blocks is not paid by the next timed `fdatasync`.

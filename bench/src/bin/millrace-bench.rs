@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
+use millrace_bench::{create_file, AlignedBuf, DIRECT_BLOCK};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -511,18 +512,16 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
     if a.bytes == 0 || a.chunk == 0 {
         return Err("--bytes and --chunk must be positive".into());
     }
-    const ALIGN: usize = 4096;
     if a.drop_behind.is_some() && (!a.fsync_every_chunk || a.direct) {
         return Err("--drop-behind needs --fsync-every-chunk and buffered writes".into());
     }
-    if a.direct && !a.chunk.is_multiple_of(ALIGN) {
-        return Err(format!("--direct needs a --chunk that is a multiple of {ALIGN}").into());
+    if a.direct && !a.chunk.is_multiple_of(DIRECT_BLOCK) {
+        return Err(format!("--direct needs a --chunk that is a multiple of {DIRECT_BLOCK}").into());
     }
     let path = a.dir.join(format!("millrace-bench-baseline-{}", std::process::id()));
-    // O_DIRECT needs a block-aligned buffer: take an aligned window of a larger one.
-    let backing: Vec<u8> = (0..a.chunk + ALIGN).map(|i| (i % 251) as u8).collect();
-    let skip = backing.as_ptr().align_offset(ALIGN);
-    let buf = &backing[skip..skip + a.chunk];
+    // O_DIRECT needs a block-aligned buffer.
+    let aligned = AlignedBuf::new(a.chunk, |i| (i % 251) as u8);
+    let buf = aligned.as_slice();
     // Time of each chunk's write (+ fdatasync), in microseconds.
     let mut hist = histogram();
     let start = Instant::now();
@@ -530,13 +529,7 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
     let mut written = 0u64;
     let mut dropped = 0u64;
     {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::File::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(if a.direct { libc::O_DIRECT } else { 0 })
-            .open(&path)?;
+        let mut f = create_file(&path, a.direct)?;
         while written < a.bytes {
             let t = Instant::now();
             f.write_all(buf)?;
