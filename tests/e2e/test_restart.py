@@ -163,6 +163,40 @@ def test_stop_during_produce_keeps_every_acked_record(broker, topic_name, acks, 
     assert ck_produce_all(p, topic_name, [dict(value=b"after", partition=0)]) == [high]
 
 
+def test_acks_all_is_answered_under_kafkas_flush_defaults(broker, topic_name):
+    """Kafka's own defaults for flush.messages and flush.ms (Long.MAX_VALUE: never fsync by
+    count or by time) relax the policy for acks=0 and acks=1 alone: an acks=all producer is
+    answered once its records are fsynced, at the next group commit, not left to time out. acks=1
+    records are visible once written, and everything acknowledged survives kill -9."""
+    never = str(2**63 - 1)
+    ck_create_topic(broker.bootstrap, topic_name,
+                    config={"flush.messages": never, "flush.ms": never})
+    quick = {"request.timeout.ms": 5000, "message.timeout.ms": 20000, "retries": 0}
+    p1 = ck_producer(broker.bootstrap, acks="1", **quick)
+    assert ck_produce_all(p1, topic_name, [dict(value=b"one-%d" % i) for i in range(50)],
+                          timeout=20) == list(range(50))
+    c = ck_consumer(broker.bootstrap)
+    try:
+        assert c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10) == (0, 50)
+    finally:
+        c.close()
+    pa = ck_producer(broker.bootstrap, acks="all", **quick)
+    for round_ in range(3):
+        t = time.monotonic()
+        base = 50 + 100 * round_
+        got = ck_produce_all(pa, topic_name,
+                             [dict(value=b"all-%d" % (base + i)) for i in range(100)], timeout=20)
+        assert got == list(range(base, base + 100))
+        # Before: each request waited for a flush the policy never starts, until it timed out.
+        assert time.monotonic() - t < 2.5, f"acks=all took {time.monotonic() - t:.1f}s"
+    del p1, pa
+
+    assert broker.restart(signal.SIGKILL) == -signal.SIGKILL
+    got = ck_consume(broker.bootstrap, topic_name, 0, 0, 350)
+    assert [m.value() for m in got] == ([b"one-%d" % i for i in range(50)]
+                                        + [b"all-%d" % i for i in range(50, 350)])
+
+
 def test_direct_io_tails_let_go_keep_acked_records_across_kill9(broker_factory, topic_name):
     """With `--log-direct-io` and a directory budget far below what 24 partitions' tails would
     hold, tails keep letting go of what they wrote while appends go on (the next append of a

@@ -263,6 +263,7 @@ mod tests {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::ApiKey;
     use millrace_storage::batch::BatchBuilder;
+    use millrace_storage::Flush;
 
     use super::*;
     use crate::handlers::testing;
@@ -280,7 +281,11 @@ mod tests {
             let value = vec![b'v'; if p % 2 == 0 { 10 } else { 4000 }];
             let batch = BatchBuilder::new().value(1, &value).build();
             let log = t.partition(p).unwrap();
-            log.append_bytes(Bytes::from(batch), 1, 0).unwrap().durable.await.unwrap();
+            log.append_bytes(Bytes::from(batch), 1, 0, Flush::Policy)
+                .unwrap()
+                .durable
+                .await
+                .unwrap();
         }
         let h = testing::header(ApiKey::Fetch, 12);
         let partitions = (0..4)

@@ -1,7 +1,8 @@
 //! Produce (key 0): appends each partition's record set to its log. acks=0 gets no response,
 //! acks=1 is answered once the batches are written to the segment file (in the page cache, so
 //! they survive a crash of the broker process, as with Kafka), acks=-1 (all) once they are
-//! fsynced (the log's group commit); neither wait holds up the appends of the connection's
+//! fsynced (the log's next group commit, also under a relaxed `flush.messages` / `flush.ms`,
+//! which then governs acks=0 and acks=1 alone); neither wait holds up the appends of the connection's
 //! later requests (their answers follow in order). `timeout_ms` is one deadline for the whole
 //! request, counted from its arrival.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use millrace_protocol::{error_code as ec, RequestHeaderInfo};
-use millrace_storage::{now_ms, Durable};
+use millrace_storage::{now_ms, Durable, Flush};
 
 use super::{respond, sb, Deferred, Response};
 use crate::state::Broker;
@@ -67,7 +68,17 @@ pub(super) fn start(broker: &Broker, h: &RequestHeaderInfo, req: ProduceRequest)
                     p.error_code = ec::CORRUPT_MESSAGE;
                     p.error_message = (h.api_version >= 8).then(|| sb(why));
                 }
-                (_, Some(log), Some(Ok(records))) => match log.append_bytes(records, now_ms(), 0) {
+                (_, Some(log), Some(Ok(records))) => match log.append_bytes(
+                    records,
+                    now_ms(),
+                    0,
+                    // acks=all is answered once the records are fsynced (the brief's promise),
+                    // at the next group commit also where the topic relaxes flush.messages /
+                    // flush.ms, which then apply to acks=0 and acks=1 alone. Waiting for the
+                    // policy instead would leave acks=all unanswered under Kafka's own
+                    // defaults (both Long.MAX_VALUE) until the request timed out.
+                    if acks == -1 { Flush::Now } else { Flush::Policy },
+                ) {
                     Ok(info) => {
                         p.base_offset = info.base_offset;
                         p.log_append_time_ms = info.log_append_time_ms;

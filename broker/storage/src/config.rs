@@ -34,6 +34,8 @@ pub struct LogConfig {
     pub message_timestamp_type: TimestampType,
     /// `flush.messages`: fsync after this many records. 1 (the default) means every append is
     /// group-committed to disk before its durability future resolves and before consumers see it.
+    /// Above 1 it governs only appends with [`crate::Flush::Policy`]: one with
+    /// [`crate::Flush::Now`] (acks=all) is synced at the next group commit.
     pub flush_messages: i64,
     /// `flush.ms`: fsync at least this often while records are unflushed; `i64::MAX` disables.
     pub flush_ms: i64,

@@ -2,9 +2,9 @@
 //! available, plain `pwrite`/`fdatasync`) and takes appends and syncs over a bounded channel.
 //!
 //! Appends are written (`pwritev`, on this thread) as soon as they arrive and published to
-//! readers in order. Group commit is per log: when a log has published appends waiting
-//! (or its `flush.messages` / `flush.ms` is due, or a flush was asked for) and no sync of it is
-//! running, one `fdatasync` per dirty segment file is submitted, covering everything published so
+//! readers in order. Group commit is per log: when a log has published appends waiting under
+//! `flush.messages=1` (or its relaxed `flush.messages` / `flush.ms` is due, or a flush was asked
+//! for, explicitly or by an append with [`crate::Flush::Now`]) and no sync of it is running, one `fdatasync` per dirty segment file is submitted, covering everything published so
 //! far; when they all complete, the log's durable end advances and the [`Durable`] futures they
 //! cover resolve. Appends that arrive meanwhile are written at once and wait for that log's next
 //! sync, while other logs' writes and syncs proceed independently. With io_uring the syncs of
@@ -416,18 +416,12 @@ pub(crate) enum AppendData {
 
 pub(crate) enum Op {
     Append {
-        log: Arc<LogProgress>,
-        segment: Arc<Segment>,
+        /// What is published and synced once the bytes are written.
+        append: Appended,
         position: u64,
         /// The bytes to write: patched batch heads and slices of the request, in order, or
         /// whole blocks of a direct tail.
         data: AppendData,
-        end_offset: i64,
-        records: i64,
-        /// Resolves once the bytes are written (in the page cache, readable).
-        written: Completer,
-        /// Resolves once they are on disk.
-        done: Completer,
     },
     /// Sync everything written so far for `log`.
     Sync {
@@ -440,8 +434,8 @@ pub(crate) enum Op {
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Append { position, end_offset, .. } => {
-                write!(f, "Append(pos {position}, end {end_offset})")
+            Op::Append { append, position, .. } => {
+                write!(f, "Append(pos {position}, end {})", append.end_offset)
             }
             Op::Sync { .. } => f.write_str("Sync"),
             Op::Shutdown => f.write_str("Shutdown"),
@@ -943,14 +937,20 @@ struct SyncGroup {
     files: Vec<(Arc<Segment>, u64)>,
 }
 
-/// An append that was written (or failed), to publish.
-struct Appended {
-    log: Arc<LogProgress>,
-    segment: Arc<Segment>,
-    end_offset: i64,
-    records: i64,
-    written: Completer,
-    done: Completer,
+/// An append to publish and sync once it is written (or to fail).
+pub(crate) struct Appended {
+    pub(crate) log: Arc<LogProgress>,
+    pub(crate) segment: Arc<Segment>,
+    /// The log end offset after the append.
+    pub(crate) end_offset: i64,
+    pub(crate) records: i64,
+    /// The appender waits for `done` ([`crate::Flush::Now`]): the log's next group commit is
+    /// due whatever its flush policy.
+    pub(crate) sync_now: bool,
+    /// Resolves once the bytes are written (in the page cache, readable).
+    pub(crate) written: Completer,
+    /// Resolves once they are on disk.
+    pub(crate) done: Completer,
 }
 
 /// Per-log state only the I/O thread touches.
@@ -958,7 +958,8 @@ struct LogIo {
     progress: Arc<LogProgress>,
     /// Published appends waiting for a sync.
     waiting: Vec<Completer>,
-    /// Explicit syncs (they cover every append before them, all published).
+    /// Explicit syncs, and `None` for each [`crate::Flush::Now`] append (they cover every
+    /// append before them, all published).
     requests: Vec<Option<Completer>>,
     dirty: Vec<(Arc<Segment>, u64)>,
     unsynced_records: i64,
@@ -1220,16 +1221,15 @@ impl Looper {
     /// direct appends (a log's appends are published in order).
     fn take(&mut self, op: Op, iov: &mut Vec<libc::iovec>) {
         match op {
-            Op::Append { log, segment, position, data, end_offset, records, written, done } => {
+            Op::Append { append, position, data } => {
                 if self.health.is_failed() {
-                    written.complete(Err(self.health.failure()));
-                    done.complete(Err(self.health.failure()));
+                    append.written.complete(Err(self.health.failure()));
+                    append.done.complete(Err(self.health.failure()));
                     return;
                 }
                 let pieces = match data {
                     AppendData::Direct(write) => {
-                        let a = Appended { log, segment, end_offset, records, written, done };
-                        self.direct.push((a, write));
+                        self.direct.push((append, write));
                         return;
                     }
                     AppendData::Buffered(pieces) => pieces,
@@ -1238,14 +1238,11 @@ impl Looper {
                 let result = if self.health.is_failed() {
                     Err(self.health.failure().1) // a queued direct write just failed
                 } else {
-                    write_all_at(&segment.file, &pieces, position, iov)
+                    write_all_at(&append.segment.file, &pieces, position, iov)
                         .map(|len| position + len as u64)
                 };
                 drop(pieces);
-                self.appended(
-                    Appended { log, segment, end_offset, records, written, done },
-                    result,
-                );
+                self.appended(append, result);
             }
             Op::Sync { log, done } => {
                 if self.health.is_failed() {
@@ -1297,7 +1294,7 @@ impl Looper {
 
     /// Publishes a written append and queues it for the log's next sync, or fails the directory.
     fn appended(&mut self, a: Appended, result: std::result::Result<u64, String>) {
-        let Appended { log, segment, end_offset, records, written, done } = a;
+        let Appended { log, segment, end_offset, records, sync_now, written, done } = a;
         let l = log_io(&mut self.logs, &mut self.idle, &log);
         match result {
             Ok(end) => {
@@ -1310,6 +1307,10 @@ impl Looper {
                 }
                 written.complete(Ok(()));
                 l.waiting.push(done);
+                if sync_now {
+                    // As an explicit flush: due whatever flush.messages / flush.ms say.
+                    l.requests.push(None);
+                }
                 l.unsynced_records += records;
                 l.first_unsynced.get_or_insert_with(Instant::now);
                 if l.progress.flush_messages.load(Ordering::Relaxed) > 1 {

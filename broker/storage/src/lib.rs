@@ -28,7 +28,8 @@ pub use crate::io::{
     AppendBurst, DataChanged, DirectIo, Durable, IoEngineChoice, IoEngineKind, IoThread,
 };
 pub use crate::log::{
-    now_ms, AppendInfo, FileSlice, Log, OpenReport, ReadResult, RetentionResult, TimestampLookup,
+    now_ms, AppendInfo, FileSlice, Flush, Log, OpenReport, ReadResult, RetentionResult,
+    TimestampLookup,
 };
 pub use crate::segment::Truncation;
 

@@ -20,7 +20,7 @@ use crate::batch;
 use crate::checkpoint::{self, PartitionState};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{Result, StorageError};
-use crate::io::{self, Durable, IoThread, LogProgress, Op};
+use crate::io::{self, Appended, Durable, IoThread, LogProgress, Op};
 use crate::segment::{self, Segment, Truncation};
 
 /// What an append was given.
@@ -34,8 +34,23 @@ pub struct AppendInfo {
     /// Resolves when the records are written to the segment file (in the page cache: they
     /// survive a crash of the process, not of the machine). What acks=1 waits for.
     pub written: Durable,
-    /// Resolves when the records are on disk. What acks=all waits for.
+    /// Resolves when the records are on disk: at the log's next group commit after
+    /// [`Flush::Now`], when the flush policy says after [`Flush::Policy`]. What acks=all waits
+    /// for.
     pub durable: Durable,
+}
+
+/// When an append is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// When the log's flush policy says: at the next group commit under the default
+    /// `flush.messages=1`, after `flush.messages` records or `flush.ms` under a relaxed one.
+    Policy,
+    /// At the log's next group commit whatever the policy, as an explicit [`Log::flush`]: the
+    /// caller waits for `durable` (an acks=all producer, which is answered only once its
+    /// records are fsynced, also where the topic relaxes `flush.messages` / `flush.ms` for the
+    /// others).
+    Now,
 }
 
 /// What a read returns: whole batches sharing the segment's memory, and the log's offsets at the
@@ -280,13 +295,15 @@ impl Log {
         self.append_at(records, now_ms(), 0)
     }
 
-    /// [`Log::append_bytes`] for a borrowed record set (copied once).
+    /// [`Log::append_bytes`] for a borrowed record set (copied once), fsynced as the flush
+    /// policy says.
     pub fn append_at(&self, records: &[u8], now_ms: i64, leader_epoch: i32) -> Result<AppendInfo> {
-        self.append_bytes(Bytes::copy_from_slice(records), now_ms, leader_epoch)
+        self.append_bytes(Bytes::copy_from_slice(records), now_ms, leader_epoch, Flush::Policy)
     }
 
     /// Validates, assigns offsets and queues the write. Returns at once; `durable` resolves
-    /// when the records are on disk. On any error the log is unchanged.
+    /// when the records are on disk, which `flush` makes the next group commit or leaves to
+    /// the flush policy. On any error the log is unchanged.
     ///
     /// Through the page cache the record bytes are not copied: each batch is written as its
     /// first 16 bytes with the broker's base offset and leader epoch (a small new buffer)
@@ -298,6 +315,7 @@ impl Log {
         records: Bytes,
         now_ms: i64,
         leader_epoch: i32,
+        flush: Flush,
     ) -> Result<AppendInfo> {
         let max_message_bytes = lock(&self.inner).config.max_message_bytes;
         let batches = batch::validate(&records, max_message_bytes)?;
@@ -387,14 +405,17 @@ impl Log {
         drop(st);
         let ((durable, done), (written, written_done)) = io::durable_pairs();
         self.io.submit(Op::Append {
-            log: self.progress.clone(),
-            segment: active,
+            append: Appended {
+                log: self.progress.clone(),
+                segment: active,
+                end_offset: next,
+                records: record_count,
+                sync_now: flush == Flush::Now,
+                written: written_done,
+                done,
+            },
             position,
             data,
-            end_offset: next,
-            records: record_count,
-            written: written_done,
-            done,
         })?;
         inner.log_end_offset = next;
         Ok(AppendInfo {

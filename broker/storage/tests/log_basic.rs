@@ -4,9 +4,10 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
 use millrace_storage::batch::BatchHeader;
-use millrace_storage::{LogConfig, StorageError, TimestampType};
+use millrace_storage::{DirectIo, Flush, LogConfig, StorageError, TimestampType};
 
 #[test]
 fn append_assigns_offsets_and_reads_back_byte_exact() {
@@ -290,6 +291,48 @@ fn relaxed_flush_policy_shows_data_before_it_is_durable() {
     info.durable.wait().unwrap();
     assert!(t.elapsed() >= Duration::from_millis(150), "flushed by flush.ms, not at once");
     assert_eq!(log.durable_end(), 3);
+}
+
+/// Under Kafka's own flush defaults (both `Long.MAX_VALUE`: never by count or time), an append
+/// with `Flush::Now` (an acks=all producer's) is synced at the next group commit, together with
+/// what the policy left unsynced before it, and the policy still governs `Flush::Policy`.
+#[test]
+fn a_flush_now_append_is_synced_whatever_the_policy() {
+    for engine in engines() {
+        for direct in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let io = io(dir.path(), engine);
+            if direct {
+                io.set_direct_io(Some(DirectIo::with_cache(1 << 20)));
+            }
+            let config =
+                LogConfig { flush_messages: i64::MAX, flush_ms: i64::MAX, ..LogConfig::default() };
+            let log = open(dir.path(), config, &io);
+            let first = log.append(&batch(1, 3, 10, 5)).unwrap();
+            first.written.wait().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!first.durable.is_done(), "the policy never syncs by itself");
+            assert_eq!(log.durable_end(), 0);
+
+            let now = log.append_bytes(Bytes::from(batch(2, 2, 10, 6)), 7, 0, Flush::Now).unwrap();
+            let t = std::time::Instant::now();
+            while !now.durable.is_done() {
+                assert!(t.elapsed() < Duration::from_secs(5), "{engine:?} direct={direct}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            now.durable.wait().unwrap();
+            assert!(first.durable.is_done(), "the sync covers the appends before it");
+            first.durable.wait().unwrap();
+            assert_eq!(log.durable_end(), 5);
+
+            let later = log.append(&batch(3, 1, 10, 7)).unwrap();
+            later.written.wait().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!later.durable.is_done(), "{engine:?} direct={direct}: policy again");
+            assert_eq!(log.offsets(), (0, 6, 6), "visible once written under this policy");
+            log.close().unwrap();
+        }
+    }
 }
 
 #[test]
