@@ -11,7 +11,7 @@
 //! Every command takes `--json` for one machine-readable line at the end.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -246,6 +246,46 @@ fn send(producer: &BaseProducer<Ctx>, topic: &str, payload: &[u8]) -> Result<(),
     }
 }
 
+/// The sending loop of `produce`: every record, at `--throughput` records/s when given, with a
+/// progress line every 5 s (delivery reports are polled elsewhere).
+fn send_all(
+    a: &ProduceArgs,
+    payloads: &[Vec<u8>],
+    producer: &BaseProducer<Ctx>,
+    stats: &Stats,
+    start: Instant,
+) -> Result<(), Error> {
+    let mut last_report = start;
+    let (mut window_records, mut window_bytes) = (0u64, 0u64);
+    for i in 0..a.num_records {
+        if a.throughput > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / a.throughput as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let payload = &payloads[(i % payloads.len() as u64) as usize];
+        send(producer, &a.common.topic, payload)?;
+        window_records += 1;
+        window_bytes += payload.len() as u64;
+        if last_report.elapsed() >= Duration::from_secs(5) && !a.common.json {
+            let secs = last_report.elapsed().as_secs_f64();
+            let mut w = stats.window.lock().map_err(|_| "poisoned")?;
+            println!(
+                "{window_records} records sent, {:.1} records/sec ({:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency.",
+                window_records as f64 / secs,
+                window_bytes as f64 / secs / 1e6,
+                w.mean() / 1000.0,
+                ms(w.max())
+            );
+            w.reset();
+            (window_records, window_bytes) = (0, 0);
+            last_report = Instant::now();
+        }
+    }
+    Ok(())
+}
+
 fn produce(a: ProduceArgs) -> Result<(), Error> {
     let payloads: Vec<Vec<u8>> = match (&a.payload_file, a.record_size) {
         (Some(p), _) => {
@@ -282,39 +322,21 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
     let stats = Stats::new();
     let producer: BaseProducer<Ctx> = cfg.create_with_context(Ctx(stats.clone()))?;
     let start = Instant::now();
-    let mut last_report = start;
-    let (mut window_records, mut window_bytes) = (0u64, 0u64);
-    for i in 0..a.num_records {
-        if a.throughput > 0 {
-            let due = start + Duration::from_secs_f64(i as f64 / a.throughput as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                producer.poll(Duration::ZERO);
-                std::thread::sleep(wait);
+    // Delivery reports are served by a thread of their own, as the Java producer's callbacks
+    // run on its I/O thread: a report's latency is then not also the time until the sending
+    // loop next gets round to polling (up to 1024 records later when it runs behind schedule).
+    let polling = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while polling.load(Ordering::Relaxed) {
+                producer.poll(Duration::from_millis(50));
             }
-        }
-        let payload = &payloads[(i % payloads.len() as u64) as usize];
-        send(&producer, &a.common.topic, payload)?;
-        window_records += 1;
-        window_bytes += payload.len() as u64;
-        if i % 1024 == 0 {
-            producer.poll(Duration::ZERO);
-        }
-        if last_report.elapsed() >= Duration::from_secs(5) && !a.common.json {
-            let secs = last_report.elapsed().as_secs_f64();
-            let mut w = stats.window.lock().map_err(|_| "poisoned")?;
-            println!(
-                "{window_records} records sent, {:.1} records/sec ({:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency.",
-                window_records as f64 / secs,
-                window_bytes as f64 / secs / 1e6,
-                w.mean() / 1000.0,
-                ms(w.max())
-            );
-            w.reset();
-            (window_records, window_bytes) = (0, 0);
-            last_report = Instant::now();
-        }
-    }
-    producer.flush(Duration::from_secs(120))?;
+        });
+        let flushed = send_all(&a, &payloads, &producer, &stats, start)
+            .and_then(|()| Ok(producer.flush(Duration::from_secs(120))?));
+        polling.store(false, Ordering::Relaxed);
+        flushed
+    })?;
     let secs = start.elapsed().as_secs_f64();
     let h = stats.hist.lock().map_err(|_| "poisoned")?;
     let n = stats.acked.load(Ordering::Relaxed);
