@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,6 +100,51 @@ def running_broker(prefix, *args):
         shutil.rmtree(data, ignore_errors=True)
 
 
+class StealWatch:
+    """CPU time the host took from this VM's vCPUs (the `steal` column of `/proc/stat`) while a
+    run lasts, sampled every 100 ms: the total as a share of all CPUs' time, and the worst
+    100 ms. A stolen stretch stops broker and client alike and shows up as their latency."""
+
+    def __enter__(self):
+        self.worst = 0.0
+        self._stop = threading.Event()
+        self.t0, self.s0 = time.monotonic(), self._steal()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        secs = time.monotonic() - self.t0
+        self.share = (self._steal() - self.s0) / (secs * os.cpu_count()) if secs > 0 else 0.0
+
+    @staticmethod
+    def _steal():
+        with open("/proc/stat") as f:
+            fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal
+        return int(fields[8]) / TICK
+
+    def _sample(self):
+        t, s = time.monotonic(), self._steal()
+        while not self._stop.wait(0.1):
+            t2, s2 = time.monotonic(), self._steal()
+            if t2 > t:
+                self.worst = max(self.worst, (s2 - s) / ((t2 - t) * os.cpu_count()))
+            t, s = t2, s2
+
+
+def steal_cell(r):
+    """`total / worst 100 ms` host steal of a run, in percent."""
+    return f"{r['steal_share']:.1%} / {r['steal_worst']:.0%}"
+
+
+def wakeup_cell(r):
+    """`p99.9 / max` wake-up lateness (ms) measured beside a fixed-rate run, or `–`."""
+    w = r.get("wakeup_late_ms")
+    return f"{w['p999']:.2f} / {w['max']:.2f}" if w else "–"
+
+
 def settle(drop_caches=True):
     """Starts a run with the page cache's dirty data written back, so that one run's writeback
     does not land on the next run's fsyncs, and (as root) with the clean page cache dropped, so
@@ -117,15 +163,16 @@ def settle(drop_caches=True):
 def mode_table(w, label, default, unthrottled, paced):
     """The table of a broker mode: the default broker's unthrottled run, the mode's, and the
     mode's fixed-rate runs."""
-    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rate, r in [("default", "unthrottled", default), (label, "unthrottled", unthrottled),
                           *[(label, f"{s:.0%} of max", paced[s]) for s in LATENCY_SHARES]]:
         lat = r["latency_ms"]
         cpu = r["broker_cpu_s"] / r["gb"]
         w(f"| {name} | {rate} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
           f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | {cpu:.2f} | "
-          f"{r['floor_s_per_gb']:.2f} | {cpu / r['floor_s_per_gb']:.2f} |")
+          f"{r['floor_s_per_gb']:.2f} | {cpu / r['floor_s_per_gb']:.2f} | {wakeup_cell(r)} | "
+          f"{steal_cell(r)} |")
 
 
 def bench(*args):
@@ -159,10 +206,19 @@ def main():
             d_, bs_, pid_, floor_args = on or (data, bs, pid, [])
             settle()
             c0 = cpu_seconds(pid_)
-            r = bench("produce", "--bootstrap-server", bs_, "--topic", name, "--num-records", str(n),
-                      "--record-size", str(size), "--acks", acks, "--compression", codec,
-                      "--throughput", str(throughput), *extra)
+            # Beside a fixed-rate run, for as long as it sends: how late a sleeping thread wakes
+            # up on this machine at the same moment (`baseline-wakeup`).
+            probe = throughput > 0 and subprocess.Popen(
+                [BENCH, "baseline-wakeup", "--seconds", str(n / throughput)],
+                stdout=subprocess.PIPE, text=True)
+            with StealWatch() as steal:
+                r = bench("produce", "--bootstrap-server", bs_, "--topic", name, "--num-records",
+                          str(n), "--record-size", str(size), "--acks", acks, "--compression",
+                          codec, "--throughput", str(throughput), *extra)
             r["broker_cpu_s"] = cpu_seconds(pid_) - c0
+            r["steal_share"], r["steal_worst"] = steal.share, steal.worst
+            if probe:
+                r["wakeup_late_ms"] = json.loads(probe.communicate()[0].strip().splitlines()[-1])["late_ms"]
             r["gb"] = n * size / 1e9
             if codec == "none" and floor:
                 # The kernel's share of the same bytes, from the same starting state, measured
@@ -189,6 +245,7 @@ def main():
         tcp = baseline("baseline-tcp", "--bytes", str(int(2e9 * scale)), "--chunk", str(1 << 20))
         tcp_sendfile = baseline("baseline-tcp", "--bytes", str(int(2e9 * scale)), "--chunk", str(1 << 20),
                                 "--sendfile-dir", data)
+        wakeup = baseline("baseline-wakeup", "--seconds", str(max(10 * scale, 2)))
 
         results = {}
         for size, n in ((100, int(2_000_000 * scale)), (1024, int(400_000 * scale))):
@@ -295,6 +352,9 @@ def main():
     w(f"| loopback TCP, write 1 MiB → read: sender | {tcp['mb_per_sec']:.0f} | {tcp['send_cpu_s_per_gb']:.2f} | | | |")
     w(f"| loopback TCP, sendfile 1 MiB from the page cache: sender | {tcp_sendfile['mb_per_sec']:.0f} | "
       f"{tcp_sendfile['send_cpu_s_per_gb']:.2f} | | | |")
+    wl = wakeup["late_ms"]
+    w(f"| wake-up of a thread sleeping 1 ms at a time, idle machine: how late | | | {wl['p50']:.2f} | "
+      f"{wl['p99']:.2f} | {wl['p999']:.2f} |")
     w("")
     w(f"CPU floor of a produced GB = disk (1 MiB fsyncs) + TCP receiver = {produce_floor:.2f} s/GB here, at the start; "
       "each uncompressed produce row below has its own floor, the same disk baseline run right after it "
@@ -321,18 +381,24 @@ def main():
       "differences here are run-to-run variation.\n")
     d256 = disk[262144]["chunk_latency_ms"]
     w(f"## Produce latency at a fixed rate (1 KiB, acks=all, linger.ms={LATENCY_LINGER_MS})\n")
-    w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for share, r in paced.items():
         lat = r["latency_ms"]
         w(f"| {share:.0%} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
           f"{lat['p95']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
-          f"{cpu_per_gb(r):.2f} | {r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} |")
+          f"{cpu_per_gb(r):.2f} | {r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} | "
+          f"{wakeup_cell(r)} | {steal_cell(r)} |")
     w(f"\nLatency is from `send()` to the acknowledgement, so it includes up to {LATENCY_LINGER_MS} ms of "
       "client batching. Beside it, the disk's own write + fdatasync of 256 KiB: "
       f"p99 {d256['p99']:.2f} ms, p99.9 {d256['p999']:.2f} ms. Small batches cost more CPU per GB "
       "(an fdatasync and a request round trip each): when client and broker together need more "
-      "than the 2 cores, the client's queue grows and latency with it.\n")
+      "than the 2 cores, the client's queue grows and latency with it. Two measures of the machine "
+      "itself at the same moment sit beside each fixed-rate run: how late a thread sleeping 1 ms "
+      "at a time woke up (`millrace-bench baseline-wakeup`, as `cyclictest`), and the CPU time the "
+      "VM's host took from its vCPUs (`steal` in `/proc/stat`), over the run and in its worst "
+      "100 ms. A tail far above the wake-up lateness is queueing in the client or the broker, not "
+      "the scheduler (`docs/performance.md`, \"What limits each figure\").\n")
     w(f"## With the page-cache window (`--log-page-cache-window-bytes {WINDOW}`)\n")
     w("Off by default. With it, the broker drops each segment's synced pages more than the window "
       "behind its end, so writing reuses the same page-cache memory; consumers further behind read "
