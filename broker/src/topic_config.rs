@@ -16,7 +16,7 @@ pub(crate) struct ConfigKey {
 
 pub(crate) const TOPIC_CONFIGS: &[ConfigKey] = &[
     ConfigKey { name: "cleanup.policy", config_type: 7, default: |_| "delete".into(), doc: "delete or compact (compaction is accepted, not yet performed)" },
-    ConfigKey { name: "flush.messages", config_type: 5, default: |c| c.flush_messages.to_string(), doc: "fsync after this many records; 1 makes every append durable before it is acknowledged or visible (acks=all is always answered after an fsync, at the next group commit)" },
+    ConfigKey { name: "flush.messages", config_type: 5, default: |c| c.flush_messages.to_string(), doc: "fsync after this many records; 1 makes every append durable before it is visible; acks=all is answered after an fsync under any value (at the next group commit), acks=1 once written" },
     ConfigKey { name: "flush.ms", config_type: 5, default: |c| c.flush_ms.to_string(), doc: "fsync at least this often while records are unflushed" },
     ConfigKey { name: "index.interval.bytes", config_type: 3, default: |c| c.index_interval_bytes.to_string(), doc: "log bytes between index entries" },
     ConfigKey { name: "max.message.bytes", config_type: 3, default: |c| c.max_message_bytes.to_string(), doc: "largest record batch accepted" },

@@ -352,10 +352,16 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
                 producer.poll(Duration::from_millis(50));
             }
         });
-        let flushed = send_all(&a, &payloads, &producer, &stats, start)
-            .and_then(|()| Ok(producer.flush(Duration::from_secs(120))?));
-        polling.store(false, Ordering::Relaxed);
-        flushed
+        // Stops the poller however this closure ends, a panic included (the scope joins it).
+        struct StopPolling<'a>(&'a AtomicBool);
+        impl Drop for StopPolling<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopPolling(&polling);
+        send_all(&a, &payloads, &producer, &stats, start)
+            .and_then(|()| Ok(producer.flush(Duration::from_secs(120))?))
     })?;
     let secs = start.elapsed().as_secs_f64();
     let h = stats.hist.lock().map_err(|_| "poisoned")?;

@@ -2,9 +2,9 @@
 //! acks=1 is answered once the batches are written to the segment file (in the page cache, so
 //! they survive a crash of the broker process, as with Kafka), acks=-1 (all) once they are
 //! fsynced (the log's next group commit, also under a relaxed `flush.messages` / `flush.ms`,
-//! which then governs acks=0 and acks=1 alone); neither wait holds up the appends of the connection's
-//! later requests (their answers follow in order). `timeout_ms` is one deadline for the whole
-//! request, counted from its arrival.
+//! which then govern acks=0 and acks=1 alone); neither wait holds up the appends of the
+//! connection's later requests (their answers follow in order). `timeout_ms` is one deadline
+//! for the whole request, counted from its arrival.
 
 use std::time::Duration;
 

@@ -4,7 +4,8 @@
 //! Appends are written (`pwritev`, on this thread) as soon as they arrive and published to
 //! readers in order. Group commit is per log: when a log has published appends waiting under
 //! `flush.messages=1` (or its relaxed `flush.messages` / `flush.ms` is due, or a flush was asked
-//! for, explicitly or by an append with [`crate::Flush::Now`]) and no sync of it is running, one `fdatasync` per dirty segment file is submitted, covering everything published so
+//! for, explicitly or by an append with [`crate::Flush::Now`]) and no sync of it is running,
+//! one `fdatasync` per dirty segment file is submitted, covering everything published so
 //! far; when they all complete, the log's durable end advances and the [`Durable`] futures they
 //! cover resolve. Appends that arrive meanwhile are written at once and wait for that log's next
 //! sync, while other logs' writes and syncs proceed independently. With io_uring the syncs of
@@ -1075,9 +1076,6 @@ impl Looper {
             // overlap (docs/design/storage.md, "Write path"). Several run in the ring, in
             // parallel.
             let now = Instant::now();
-            let mut ids = std::mem::take(&mut self.ids);
-            ids.clear();
-            ids.extend(self.logs.keys().copied());
             let due = self.logs.values().filter(|l| l.sync.is_none() && l.due(now)).count();
             let mut inline =
                 due == 1 && self.engine.in_flight() == 0 && BURSTS.load(Ordering::Acquire) == 0;
@@ -1087,8 +1085,16 @@ impl Looper {
                 if let Ok(op) = self.rx.try_recv() {
                     self.handle(op, &mut iov);
                     inline = false;
+                    took += 1; // not idle: step 3 must not block
                 }
             }
+            // Listed after that append, so that its log (perhaps not among the round's logs
+            // before) gets its sync this round: otherwise, with nothing in flight, step 3 would
+            // block until the next operation, which a producer waiting for this one's answer
+            // may never send.
+            let mut ids = std::mem::take(&mut self.ids);
+            ids.clear();
+            ids.extend(self.logs.keys().copied());
             for &id in &ids {
                 self.maybe_sync(id, now, inline);
             }
