@@ -49,6 +49,11 @@ const FRAME_POOL_IDLE: Duration = Duration::from_secs(1);
 const LOWAT_MIN: usize = 128 * 1024;
 /// The largest low-water mark set (the kernel grows the receive buffer to hold it).
 const LOWAT_MAX: usize = 1 << 20;
+/// The oldest kernel the low-water mark is raised on: from 5.8 TCP also wakes a reader below
+/// its mark when the receive buffer is under pressure or the window nearly closed, and lowering
+/// the mark signals data already queued (4.18), so a raised mark can delay a wake-up but never
+/// lose one. Older kernels read as before.
+const LOWAT_KERNEL_MIN: (u32, u32) = (5, 8);
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -344,7 +349,33 @@ fn reuse(pool: &mut Vec<Bytes>, want: usize) -> Option<BytesMut> {
     (buf.capacity() >= want).then_some(buf)
 }
 
-/// Sets the socket's `SO_RCVLOWAT` to `bytes`; returns it.
+/// Whether this kernel is at least [`LOWAT_KERNEL_MIN`] (read once, from `uname`).
+fn lowat_supported() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        // SAFETY: `utsname` is plain C data, for which all-zero bytes are a valid value.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: `u` is a valid, writable `utsname` for the call.
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return false;
+        }
+        // SAFETY: a successful `uname` leaves `release` NUL-terminated within its array.
+        let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+        kernel_at_least(&release.to_string_lossy(), LOWAT_KERNEL_MIN)
+    })
+}
+
+/// Whether a kernel release string (`6.18.44-fc-v669`) is at least `min` (major, minor).
+fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    matches!((major, minor), (Some(a), Some(b)) if (a, b) >= min)
+}
+
+/// Sets the socket's `SO_RCVLOWAT` to `bytes`; returns the value asked for, which the kernel may
+/// have capped lower (at half the largest receive buffer): the caller's record is then above
+/// the real mark, so it lowers the mark early, never late.
 fn set_rcvlowat(rd: &tokio::net::tcp::OwnedReadHalf, bytes: usize) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
@@ -432,14 +463,17 @@ async fn read_loop(
                 return Err(format!("connection closed in the middle of a {len}-byte request"));
             }
             let rest = len - frame.len();
-            if rest < lowat {
+            if lowat > 1 && rest < lowat {
                 // Never above what is still to come (nor, at the end, above the next length
                 // word's 4 bytes): the reader would wait for bytes the client sends only after
                 // this request's answer. A socket that cannot be set back is closed.
                 lowat = set_rcvlowat(rd, 1).map_err(|e| format!("SO_RCVLOWAT: {e}"))?;
-            } else if !raised && rest >= LOWAT_MIN {
-                lowat = set_rcvlowat(rd, rest.min(LOWAT_MAX)).unwrap_or(1);
+            } else if !raised && rest >= LOWAT_MIN && lowat_supported() {
                 raised = true;
+                lowat = set_rcvlowat(rd, rest.min(LOWAT_MAX)).unwrap_or_else(|e| {
+                    tracing::trace!(error = %e, "SO_RCVLOWAT not raised");
+                    1
+                });
             }
         }
         let mut frame: Bytes = frame.freeze();
@@ -471,5 +505,21 @@ async fn read_loop(
         if tx.send(r).is_err() {
             return Ok(()); // the writer failed; its error is reported by `connection`
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(kernel_at_least("6.18.44-fc-v669", (5, 8)));
+        assert!(kernel_at_least("5.8.0", (5, 8)));
+        assert!(kernel_at_least("5.10.0-28-amd64", (5, 8)));
+        assert!(!kernel_at_least("5.4.0-150-generic", (5, 8)));
+        assert!(!kernel_at_least("4.19.0", (5, 8)));
+        assert!(!kernel_at_least("", (5, 8)));
+        assert!(!kernel_at_least("unknown", (5, 8)));
     }
 }
