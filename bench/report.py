@@ -211,14 +211,22 @@ def main():
             probe = throughput > 0 and subprocess.Popen(
                 [BENCH, "baseline-wakeup", "--seconds", str(n / throughput)],
                 stdout=subprocess.PIPE, text=True)
-            with StealWatch() as steal:
-                r = bench("produce", "--bootstrap-server", bs_, "--topic", name, "--num-records",
-                          str(n), "--record-size", str(size), "--acks", acks, "--compression",
-                          codec, "--throughput", str(throughput), *extra)
-            r["broker_cpu_s"] = cpu_seconds(pid_) - c0
+            try:
+                with StealWatch() as steal:
+                    r = bench("produce", "--bootstrap-server", bs_, "--topic", name,
+                              "--num-records", str(n), "--record-size", str(size), "--acks", acks,
+                              "--compression", codec, "--throughput", str(throughput), *extra)
+                r["broker_cpu_s"] = cpu_seconds(pid_) - c0
+                if probe:
+                    out, _ = probe.communicate()
+                    if probe.returncode != 0:
+                        sys.exit(f"millrace-bench baseline-wakeup failed ({probe.returncode})")
+                    r["wakeup_late_ms"] = json.loads(out.strip().splitlines()[-1])["late_ms"]
+            finally:
+                if probe and probe.poll() is None:
+                    probe.kill()
+                    probe.wait()
             r["steal_share"], r["steal_worst"] = steal.share, steal.worst
-            if probe:
-                r["wakeup_late_ms"] = json.loads(probe.communicate()[0].strip().splitlines()[-1])["late_ms"]
             r["gb"] = n * size / 1e9
             if codec == "none" and floor:
                 # The kernel's share of the same bytes, from the same starting state, measured

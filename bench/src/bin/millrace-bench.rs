@@ -340,7 +340,11 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
     // librdkafka's send() does not block, so without this the records of the first tens of
     // milliseconds would queue behind the topic's creation, and at 100k records/s they are the
     // slowest 0.3%: the p99.9 of a 10 s run would measure the start, not the steady state.
-    producer.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
+    let md = producer.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
+    if let Some(e) = md.topics().iter().find_map(|t| t.error()) {
+        // Unknown topic with auto-creation off, and the like: say so rather than time out.
+        return Err(format!("topic {}: {:?}", a.common.topic, RDKafkaErrorCode::from(e)).into());
+    }
     let start = Instant::now();
     // Delivery reports are served by a thread of their own, as the Java producer's callbacks
     // run on its I/O thread: a report's latency is then not also the time until the sending

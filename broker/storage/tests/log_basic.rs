@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use millrace_storage::batch::BatchHeader;
-use millrace_storage::{DirectIo, Flush, LogConfig, StorageError, TimestampType};
+use millrace_storage::{DirectIo, Flush, Log, LogConfig, StorageError, TimestampType};
 
 #[test]
 fn append_assigns_offsets_and_reads_back_byte_exact() {
@@ -332,6 +332,46 @@ fn a_flush_now_append_is_synced_whatever_the_policy() {
             assert_eq!(log.offsets(), (0, 6, 6), "visible once written under this policy");
             log.close().unwrap();
         }
+    }
+}
+
+/// A `Flush::Now` append that arrives while its log's sync runs waits for the next group
+/// commit, which must still come under a policy that never syncs by itself. Two logs flushed
+/// together put their syncs in the io_uring ring (in flight while the I/O thread goes on); the
+/// append follows a moment later. Many rounds, on both engines.
+#[test]
+fn a_flush_now_append_behind_a_running_sync_is_synced_next() {
+    for engine in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = io(dir.path(), engine);
+        let config =
+            LogConfig { flush_messages: i64::MAX, flush_ms: i64::MAX, ..LogConfig::default() };
+        let a = open(dir.path(), config.clone(), &io);
+        let b = Log::open(dir.path().join("t-1"), config, io.clone()).unwrap();
+        for i in 0..300u64 {
+            for log in [&a, &b] {
+                let _ = log.append(&batch(i, 1, 64_000, 5)).unwrap();
+            }
+            let flushed = [a.flush().unwrap(), b.flush().unwrap()];
+            // Spread over the sync's time: sometimes before it starts, mostly while it runs.
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < Duration::from_micros(i % 200) {
+                std::hint::spin_loop();
+            }
+            let now = a.append_bytes(Bytes::from(batch(i, 1, 10, 6)), 7, 0, Flush::Now).unwrap();
+            let t = std::time::Instant::now();
+            while !now.durable.is_done() {
+                assert!(t.elapsed() < Duration::from_secs(5), "{engine:?}, round {i}");
+                std::thread::yield_now();
+            }
+            now.durable.wait().unwrap();
+            for f in flushed {
+                f.wait().unwrap();
+            }
+        }
+        assert_eq!(a.durable_end(), 600);
+        a.close().unwrap();
+        b.close().unwrap();
     }
 }
 
