@@ -11,7 +11,7 @@
 //! Every command takes `--json` for one machine-readable line at the end.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -242,17 +244,26 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// Sends one record (empty key), waiting while the client's queue is full; any other error is
-/// returned (a record that can never be sent must not be retried forever).
-fn send(producer: &BaseProducer<Ctx>, topic: &str, payload: &[u8]) -> Result<(), KafkaError> {
+/// A record as the tools send it: no key, the send time and length as its delivery opaque.
+type Record<'a> = BaseRecord<'a, [u8], [u8], Box<(Instant, usize)>>;
+
+/// Sends one record with `try_send` (a `BaseProducer`'s or a `ThreadedProducer`'s `send`),
+/// calling `wait` while the client's queue is full; any other error is returned (a record that
+/// can never be sent must not be retried forever).
+fn send<'a>(
+    try_send: impl Fn(Record<'a>) -> Result<(), Box<(KafkaError, Record<'a>)>>,
+    wait: impl Fn(),
+    topic: &'a str,
+    payload: &'a [u8],
+) -> Result<(), KafkaError> {
     let mut opaque = Box::new((Instant::now(), payload.len()));
     loop {
         let rec = BaseRecord::with_opaque_to(topic, opaque).payload(payload).key(&[] as &[u8]);
-        match producer.send(rec) {
+        match try_send(rec).map_err(|e| *e) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), rec)) => {
                 opaque = rec.delivery_opaque;
-                producer.poll(Duration::from_millis(5));
+                wait();
             }
             Err((e, _)) => return Err(e),
         }
@@ -264,7 +275,7 @@ fn send(producer: &BaseProducer<Ctx>, topic: &str, payload: &[u8]) -> Result<(),
 fn send_all(
     a: &ProduceArgs,
     payloads: &[Vec<u8>],
-    producer: &BaseProducer<Ctx>,
+    producer: &ThreadedProducer<Ctx>,
     stats: &Stats,
     start: Instant,
 ) -> Result<(), Error> {
@@ -278,7 +289,8 @@ fn send_all(
             }
         }
         let payload = &payloads[(i % payloads.len() as u64) as usize];
-        send(producer, &a.common.topic, payload)?;
+        let wait = || producer.poll(Duration::from_millis(5));
+        send(|r| producer.send(r).map_err(Box::new), wait, &a.common.topic, payload)?;
         window_records += 1;
         window_bytes += payload.len() as u64;
         if last_report.elapsed() >= Duration::from_secs(5) && !a.common.json {
@@ -333,7 +345,10 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         .set("queue.buffering.max.messages", "1000000");
     props(&mut cfg, &a.producer_props)?;
     let stats = Stats::new();
-    let producer: BaseProducer<Ctx> = cfg.create_with_context(Ctx(stats.clone()))?;
+    // Delivery reports are served by the producer's own polling thread, as the Java producer's
+    // callbacks run on its I/O thread: a report's latency is then not also the time until the
+    // sending loop next gets round to polling.
+    let producer: ThreadedProducer<Ctx> = cfg.create_with_context(Ctx(stats.clone()))?;
     // The clock starts once the client knows the topic (the metadata request creates it where
     // the broker auto-creates topics). Kafka's tool gets there the same way: its first send()
     // blocks until the topic's metadata is in, and the records after it are sent only then.
@@ -346,27 +361,8 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         return Err(format!("topic {}: {:?}", a.common.topic, RDKafkaErrorCode::from(e)).into());
     }
     let start = Instant::now();
-    // Delivery reports are served by a thread of their own, as the Java producer's callbacks
-    // run on its I/O thread: a report's latency is then not also the time until the sending
-    // loop next gets round to polling (up to 1024 records later when it runs behind schedule).
-    let polling = AtomicBool::new(true);
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while polling.load(Ordering::Relaxed) {
-                producer.poll(Duration::from_millis(50));
-            }
-        });
-        // Stops the poller however this closure ends, a panic included (the scope joins it).
-        struct StopPolling<'a>(&'a AtomicBool);
-        impl Drop for StopPolling<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Relaxed);
-            }
-        }
-        let _stop = StopPolling(&polling);
-        send_all(&a, &payloads, &producer, &stats, start)
-            .and_then(|()| Ok(producer.flush(Duration::from_secs(120))?))
-    })?;
+    send_all(&a, &payloads, &producer, &stats, start)?;
+    producer.flush(Duration::from_secs(120))?;
     let secs = start.elapsed().as_secs_f64();
     let h = stats.hist.lock().map_err(|_| "poisoned")?;
     let n = stats.acked.load(Ordering::Relaxed);
@@ -494,7 +490,8 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     // not counted as the first records' latency.
     let mut payload = vec![b'x'; a.record_size.max(16)];
     payload[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
-    send(&producer, &a.common.topic, &payload)?;
+    let poll_wait = || producer.poll(Duration::from_millis(5));
+    send(|r| producer.send(r).map_err(Box::new), poll_wait, &a.common.topic, &payload)?;
     producer.flush(Duration::from_secs(10))?;
     let warm_until = Instant::now() + Duration::from_secs(10);
     loop {
@@ -518,7 +515,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
             let scheduled = start_us + next * interval_us;
             payload[..8].copy_from_slice(&scheduled.to_be_bytes());
             payload[8..16].copy_from_slice(&next.to_be_bytes());
-            send(&producer, &a.common.topic, &payload)?;
+            send(|r| producer.send(r).map_err(Box::new), poll_wait, &a.common.topic, &payload)?;
             next += 1;
         }
         producer.poll(Duration::ZERO);
