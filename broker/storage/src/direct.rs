@@ -629,7 +629,9 @@ impl Tail {
         self.cached += buf.cap();
         self.chunks.push_back(TailChunk { buf, file_start: start, end: pos, first: None });
         self.seed = Vec::new();
-        self.tick.store(self.budget.clock.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // A new chunk advances the clock; `append` stamps this tail with it when done (no other
+        // tail's reclaim looks at it before: they skip a segment whose lock is held).
+        self.budget.clock.fetch_add(1, Ordering::Relaxed);
         self.evict(published);
         if self.budget.wants_reclaim() {
             self.budget.reclaim(&mut self.freed);

@@ -1313,8 +1313,9 @@ impl Looper {
                 }
                 written.complete(Ok(()));
                 l.waiting.push(done);
-                if sync_now {
-                    // As an explicit flush: due whatever flush.messages / flush.ms say.
+                if sync_now && l.requests.is_empty() {
+                    // As an explicit flush: due whatever flush.messages / flush.ms say (one
+                    // entry is enough; the next sync takes every waiting append).
                     l.requests.push(None);
                 }
                 l.unsynced_records += records;
