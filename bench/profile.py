@@ -109,7 +109,7 @@ def profile(a, data, bs, pid):
          ["produce", "--topic", "p1", "--num-records", str(a.records), *common]),
         ("consume 1 KiB records (the unthrottled run's topic, from the page cache, or the disk "
          "with direct I/O)", a.records,
-         ["consume", "--bootstrap-server", bs, "--topic", "p1", "--messages", str(a.records)]),
+         ["consume", "--bootstrap-server", bs, "--topic", "p1", "--num-records", str(a.records)]),
     ]
     bench("produce", "--topic", "p1", "--num-records", "1000", *common)  # creates the topics
     bench("produce", "--topic", "p2", "--num-records", "1000", *common)

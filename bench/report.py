@@ -297,7 +297,7 @@ def main():
         def consume(pid_, bs_, topic, n):
             # All of `topic` (`n` records of 1 KiB) by one consumer, with the broker's CPU.
             c0 = cpu_seconds(pid_)
-            r = bench("consume", "--bootstrap-server", bs_, "--topic", topic, "--messages", str(n))
+            r = bench("consume", "--bootstrap-server", bs_, "--topic", topic, "--num-records", str(n))
             r["broker_cpu_s"] = cpu_seconds(pid_) - c0
             r["gb"] = n * 1024 / 1e9
             return r

@@ -1,6 +1,7 @@
 //! Shared pieces of Millrace's storage benchmarks (`benches/storage_log.rs`): the record batches
 //! they append, the log configuration they use, the "plain file" baselines they compare against,
-//! and the bookkeeping that keeps a long benchmark from filling the disk.
+//! and the bookkeeping that keeps a long benchmark from filling the disk. [`perf_tool`] holds the
+//! parts of the `millrace-bench` perf tools that follow Kafka's own tools.
 //!
 //! Every log figure in the benchmarks has a baseline partner that moves the same bytes through
 //! the same file system with plain system calls (`write` + `fdatasync`, `pread`), so a result
@@ -8,6 +9,8 @@
 //!
 //! Sizes follow Kafka's usual producer settings: records of 1 KiB ([`RECORD_BYTES`]) in batches
 //! of 16 KiB (`batch.size` default) or 1 MiB (a large, throughput-tuned producer).
+
+pub mod perf_tool;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -2,8 +2,11 @@
 //! any Kafka-compatible broker.
 //!
 //! - `produce`: the options and output shape of Kafka's `kafka-producer-perf-test`.
-//! - `consume`: like `kafka-consumer-perf-test` (manual assignment of every partition; Millrace
-//!   has no consumer groups yet).
+//! - `consume`: the options and output columns of `kafka-consumer-perf-test` (by default every
+//!   partition assigned rather than a group: Millrace has no consumer groups yet), plus the
+//!   time to the first record.
+//!
+//! In the human lines, as in Kafka's tools, "MB" is 2^20 bytes; in `--json`, 10^6 bytes.
 //! - `e2e-latency`: produce at a fixed rate, consume, and report produce-to-consume latency
 //!   percentiles from an HDR histogram, measured from each record's *scheduled* send time, so
 //!   that a stall delays every record behind it (coordinated omission corrected).
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
+use millrace_bench::perf_tool::{self, DateFormat, DateTime};
 use millrace_bench::{create_file, AlignedBuf, DIRECT_BLOCK};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -115,37 +119,77 @@ struct ProduceArgs {
     num_records: u64,
     #[arg(long, required_unless_present = "payload_file")]
     record_size: Option<usize>,
-    /// Payloads, one per line, chosen round-robin.
+    /// Payloads separated by `--payload-delimiter`, sent in turn (Kafka's tool picks them at
+    /// random).
     #[arg(long)]
     payload_file: Option<std::path::PathBuf>,
+    /// What separates the payloads of `--payload-file`; `\n`, `\r`, `\t` and `\\` stand for
+    /// those characters.
+    #[arg(long, default_value = "\\n")]
+    payload_delimiter: String,
     /// Records per second; -1 for no limit.
     #[arg(long, allow_hyphen_values = true, default_value_t = -1)]
     throughput: i64,
-    /// librdkafka producer properties `k=v` (repeatable).
-    #[arg(long, num_args = 1..)]
+    /// librdkafka producer properties `k=v` (repeatable); they take precedence over
+    /// `--producer.config`, `--acks` and `--compression`.
+    #[arg(long, visible_alias = "command-property", num_args = 1..)]
     producer_props: Vec<String>,
-    #[arg(long, allow_hyphen_values = true, default_value = "all")]
-    acks: String,
-    #[arg(long, default_value = "none")]
-    compression: String,
+    /// A producer properties file (`k=v` lines, as Kafka's tool takes; the keys are
+    /// librdkafka's, which share most of the Java client's names).
+    #[arg(long = "producer.config", visible_alias = "command-config", value_name = "CONFIG_FILE")]
+    producer_config: Option<std::path::PathBuf>,
+    /// `acks` (default all); over `--producer.config`.
+    #[arg(long, allow_hyphen_values = true)]
+    acks: Option<String>,
+    /// `compression.type` (default none); over `--producer.config`.
+    #[arg(long)]
+    compression: Option<String>,
 }
 
 #[derive(Debug, Args)]
 struct ConsumeArgs {
     #[command(flatten)]
     common: Common,
-    /// Stop after this many records.
-    #[arg(long)]
+    /// Stop after this many records (Kafka's tool: `--num-records`, before 4.2 `--messages`).
+    #[arg(long = "num-records", visible_alias = "messages")]
     messages: u64,
     /// Consume through a group (needs a broker with consumer groups); default: assign every
-    /// partition from the beginning.
+    /// partition (Kafka's tool always uses a group, `perf-consumer-<n>` by default).
     #[arg(long)]
     group: Option<String>,
-    /// Give up after this long without a record.
-    #[arg(long, default_value_t = 10_000)]
+    /// Give up after this many milliseconds without a record.
+    #[arg(long = "timeout", visible_alias = "timeout-ms", default_value_t = 10_000)]
     timeout_ms: u64,
-    #[arg(long, num_args = 1..)]
+    /// Start at the end of every partition (with a group: where it has no committed offset)
+    /// instead of the beginning.
+    #[arg(long)]
+    from_latest: bool,
+    /// The most a fetch returns per partition, `max.partition.fetch.bytes` (Kafka's tool: 1 MiB
+    /// by default; here 10 MiB, so that one partition is not capped at 1 MiB per fetch).
+    #[arg(long, default_value_t = 10 << 20)]
+    fetch_size: u64,
+    /// The socket's receive buffer, `socket.receive.buffer.bytes` (default: the system's).
+    #[arg(long)]
+    socket_buffer_size: Option<u64>,
+    /// A consumer properties file (`k=v` lines, librdkafka's keys).
+    #[arg(long = "command-config", visible_alias = "consumer.config", value_name = "CONFIG_FILE")]
+    consumer_config: Option<std::path::PathBuf>,
+    /// librdkafka consumer properties `k=v` (repeatable); they take precedence over the file
+    /// and the options above.
+    #[arg(long, visible_alias = "command-property", num_args = 1..)]
     consumer_props: Vec<String>,
+    /// Print a line every `--reporting-interval` with that interval's figures.
+    #[arg(long)]
+    show_detailed_stats: bool,
+    /// Milliseconds between the lines of `--show-detailed-stats`.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    reporting_interval: u64,
+    /// The time columns' format, in `java.text.SimpleDateFormat` letters (y M d H h m s S a).
+    #[arg(long, default_value = "yyyy-MM-dd HH:mm:ss:SSS")]
+    date_format: String,
+    /// No header line.
+    #[arg(long)]
+    hide_header: bool,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +227,18 @@ fn main() {
 fn props(cfg: &mut ClientConfig, kvs: &[String]) -> Result<(), Error> {
     for kv in kvs {
         let (k, v) = kv.split_once('=').ok_or_else(|| format!("expected k=v, got {kv:?}"))?;
+        cfg.set(k, v);
+    }
+    Ok(())
+}
+
+/// Sets the properties of a client properties file (`--producer.config`, `--command-config`).
+fn config_file(cfg: &mut ClientConfig, path: Option<&std::path::Path>) -> Result<(), Error> {
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (k, v) in
+        perf_tool::parse_properties(&text).map_err(|e| format!("{}: {e}", path.display()))?
+    {
         cfg.set(k, v);
     }
     Ok(())
@@ -299,7 +355,7 @@ fn send_all(
             println!(
                 "{window_records} records sent, {:.1} records/sec ({:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency.",
                 window_records as f64 / secs,
-                window_bytes as f64 / secs / 1e6,
+                window_bytes as f64 / secs / MIB,
                 w.mean() / 1000.0,
                 ms(w.max())
             );
@@ -314,7 +370,14 @@ fn send_all(
 fn produce(a: ProduceArgs) -> Result<(), Error> {
     let payloads: Vec<Vec<u8>> = match (&a.payload_file, a.record_size) {
         (Some(p), _) => {
-            std::fs::read_to_string(p)?.lines().map(|l| l.as_bytes().to_vec()).collect()
+            let data = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let delimiter = perf_tool::unescape_delimiter(&a.payload_delimiter);
+            let payloads = perf_tool::split_payloads(&data, delimiter.as_bytes());
+            if !a.common.json {
+                println!("Reading payloads from: {}", p.display());
+                println!("Number of records read: {}", payloads.len());
+            }
+            payloads
         }
         // As kafka-producer-perf-test: one payload of random uppercase letters, sent as every
         // record's value (fixed seed, so runs compare).
@@ -332,17 +395,25 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         (None, None) => return Err("--record-size or --payload-file is required".into()),
     };
     if payloads.is_empty() {
-        return Err("no payloads".into());
+        return Err("the payload file holds no payloads".into());
     }
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &a.common.bootstrap_server)
-        .set("acks", &a.acks)
-        .set("compression.type", &a.compression)
+        .set("acks", "all")
+        .set("compression.type", "none")
         .set("enable.idempotence", "false")
         .set("linger.ms", "5")
         .set("batch.size", "1048576")
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000");
+    // Kafka's order: the file, then the properties on the command line.
+    config_file(&mut cfg, a.producer_config.as_deref())?;
+    if let Some(acks) = &a.acks {
+        cfg.set("acks", acks);
+    }
+    if let Some(codec) = &a.compression {
+        cfg.set("compression.type", codec);
+    }
     props(&mut cfg, &a.producer_props)?;
     let stats = Stats::new();
     // Delivery reports are served by the producer's own polling thread, as the Java producer's
@@ -386,7 +457,7 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         println!(
             "{n} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th.",
             n as f64 / secs,
-            bytes as f64 / secs / 1e6,
+            bytes as f64 / secs / MIB,
             h.mean() / 1000.0,
             ms(h.max())
         );
@@ -397,24 +468,33 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn consumer(common: &Common, group: Option<&str>, extra: &[String]) -> Result<BaseConsumer, Error> {
+/// A consumer of `common.topic`: through `group` when given, else assigned every partition from
+/// the beginning (or the end, `from_latest`). `tune` sets the caller's properties over the
+/// defaults.
+fn consumer(
+    common: &Common,
+    group: Option<&str>,
+    from_latest: bool,
+    tune: impl FnOnce(&mut ClientConfig) -> Result<(), Error>,
+) -> Result<BaseConsumer, Error> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &common.bootstrap_server)
         .set("group.id", group.unwrap_or("millrace-bench-unused"))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", if from_latest { "latest" } else { "earliest" })
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760");
-    props(&mut cfg, extra)?;
+    tune(&mut cfg)?;
     let c: BaseConsumer = cfg.create()?;
     match group {
         Some(_) => c.subscribe(&[&common.topic])?,
         None => {
             let md = c.fetch_metadata(Some(&common.topic), Duration::from_secs(10))?;
             let mut tpl = TopicPartitionList::new();
+            let at = if from_latest { Offset::End } else { Offset::Beginning };
             for t in md.topics() {
                 for p in t.partitions() {
-                    tpl.add_partition_offset(&common.topic, p.id(), Offset::Beginning)?;
+                    tpl.add_partition_offset(&common.topic, p.id(), at)?;
                 }
             }
             c.assign(&tpl)?;
@@ -423,27 +503,110 @@ fn consumer(common: &Common, group: Option<&str>, extra: &[String]) -> Result<Ba
     Ok(c)
 }
 
+/// The calendar fields of `t` in the local time zone (as Kafka's tool prints its times).
+fn local_time(t: SystemTime) -> DateTime {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value of the plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r reads `secs` and writes only into `tm`, both live for the call.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    DateTime {
+        year: i64::from(tm.tm_year) + 1900,
+        month: (tm.tm_mon + 1) as u32,
+        day: tm.tm_mday as u32,
+        hour: tm.tm_hour as u32,
+        minute: tm.tm_min as u32,
+        second: tm.tm_sec as u32,
+        millis: d.subsec_millis(),
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Figures over a stretch of the run, in the columns of Kafka's consumer tool after the time:
+/// `data.consumed.in.MB` (total so far), `MB.sec`, `data.consumed.in.nMsg` (total), `nMsg.sec`,
+/// `rebalance.time.ms`, `fetch.time.ms`, `fetch.MB.sec`, `fetch.nMsg.sec` (MB being MiB there).
+fn kafka_columns(total: (u64, u64), stretch: (u64, u64), ms: u64, join_ms: u64) -> String {
+    let (records, bytes) = total;
+    let secs = ms.max(1) as f64 / 1000.0;
+    let fetch_ms = ms.saturating_sub(join_ms);
+    let fetch_secs = fetch_ms as f64 / 1000.0;
+    let per_fetch_sec = |x: f64| if fetch_ms == 0 { 0.0 } else { x / fetch_secs };
+    format!(
+        "{:.4}, {:.4}, {records}, {:.4}, {join_ms}, {fetch_ms}, {:.4}, {:.4}",
+        bytes as f64 / MIB,
+        stretch.1 as f64 / MIB / secs,
+        stretch.0 as f64 / secs,
+        per_fetch_sec(stretch.1 as f64 / MIB),
+        per_fetch_sec(stretch.0 as f64),
+    )
+}
+
 fn consume(a: ConsumeArgs) -> Result<(), Error> {
-    let c = consumer(&a.common, a.group.as_deref(), &a.consumer_props)?;
+    let date = DateFormat::parse(&a.date_format)?;
+    let human = !a.common.json;
+    if human && !a.hide_header {
+        let rest = "data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec";
+        if a.show_detailed_stats {
+            println!("time, threadId, {rest}");
+        } else {
+            println!("start.time, end.time, {rest}, time.to.first.record.ms");
+        }
+    }
+    let start_wall = SystemTime::now();
     let start = Instant::now();
+    let c = consumer(&a.common, a.group.as_deref(), a.from_latest, |cfg| {
+        cfg.set("max.partition.fetch.bytes", a.fetch_size.to_string());
+        if let Some(n) = a.socket_buffer_size {
+            cfg.set("socket.receive.buffer.bytes", n.to_string());
+        }
+        config_file(cfg, a.consumer_config.as_deref())?;
+        props(cfg, &a.consumer_props)
+    })?;
+    // Until the group assigns partitions (at once without a group): Kafka's rebalance time.
+    let mut join_ms = if a.group.is_none() { Some(0) } else { None };
     let mut first: Option<Duration> = None;
     let (mut n, mut bytes) = (0u64, 0u64);
     let mut idle = Instant::now();
+    let interval = Duration::from_millis(a.reporting_interval);
+    let (mut last_report, mut last_n, mut last_bytes, mut join_in_round) = (start, 0, 0, 0);
     while n < a.messages {
-        match c.poll(Duration::from_millis(100)) {
+        let polled = c.poll(Duration::from_millis(100));
+        if join_ms.is_none() && c.assignment().is_ok_and(|t| t.count() > 0) {
+            let ms = start.elapsed().as_millis() as u64;
+            join_ms = Some(ms);
+            join_in_round = ms;
+        }
+        match polled {
             Some(Ok(m)) => {
                 first.get_or_insert_with(|| start.elapsed());
                 n += 1;
-                bytes += m.payload().map_or(0, |p| p.len()) as u64;
+                bytes +=
+                    (m.key().map_or(0, |k| k.len()) + m.payload().map_or(0, |p| p.len())) as u64;
                 idle = Instant::now();
             }
             Some(Err(e)) => return Err(e.into()),
             None if idle.elapsed() > Duration::from_millis(a.timeout_ms) => break,
             None => {}
         }
+        if a.show_detailed_stats && human && last_report.elapsed() >= interval {
+            let ms = last_report.elapsed().as_millis() as u64;
+            let stretch = (n - last_n, bytes - last_bytes);
+            let cols = kafka_columns((n, bytes), stretch, ms, join_in_round);
+            println!("{}, 0, {cols}", date.format(&local_time(SystemTime::now())));
+            (last_report, last_n, last_bytes, join_in_round) = (Instant::now(), n, bytes, 0);
+        }
     }
-    let secs = start.elapsed().as_secs_f64();
+    let elapsed = start.elapsed();
+    let secs = elapsed.as_secs_f64();
     let first_ms = first.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+    if n < a.messages && human {
+        println!(
+            "WARNING: Exiting before consuming the expected number of records: timeout ({} ms) exceeded. You can use the --timeout option to increase the timeout.",
+            a.timeout_ms
+        );
+    }
     let mb = bytes as f64 / 1e6;
     if a.common.json {
         println!(
@@ -451,11 +614,14 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
             mb / secs,
             n as f64 / secs
         );
-    } else {
+    } else if !a.show_detailed_stats {
+        let ms = elapsed.as_millis() as u64;
+        let cols = kafka_columns((n, bytes), (n, bytes), ms, join_ms.unwrap_or(ms));
         println!(
-            "data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, time.to.first.record.ms"
+            "{}, {}, {cols}, {first_ms:.1}",
+            date.format(&local_time(start_wall)),
+            date.format(&local_time(start_wall + elapsed))
         );
-        println!("{mb:.4}, {:.4}, {n}, {:.4}, {first_ms:.1}", mb / secs, n as f64 / secs);
     }
     if n < a.messages {
         return Err(format!("only {n} of {} records arrived", a.messages).into());
@@ -475,7 +641,10 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
             ClientConfig::new().set("bootstrap.servers", &a.common.bootstrap_server).create()?;
         p.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
     }
-    let c = consumer(&a.common, None, &["fetch.wait.max.ms=5".into(), "fetch.min.bytes=1".into()])?;
+    let c = consumer(&a.common, None, false, |cfg| {
+        cfg.set("fetch.wait.max.ms", "5").set("fetch.min.bytes", "1");
+        Ok(())
+    })?;
     let stats = Stats::new();
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &a.common.bootstrap_server)

@@ -1,0 +1,275 @@
+//! Pieces of `millrace-bench produce` / `consume` that follow Kafka's perf tools
+//! (`kafka-producer-perf-test`, `kafka-consumer-perf-test`) so that their invocations carry over:
+//! client properties files, the payload delimiter and the consumer tool's date format.
+
+/// The `key=value` pairs of a Java properties file (what `--producer.config` and
+/// `--consumer.config` name), in file order: `key=value`, `key: value` or `key value`, blank
+/// lines and lines starting with `#` or `!` skipped, a line ending in an odd number of
+/// backslashes continued on the next, `\t`, `\n`, `\r`, `\f` and `\<c>` unescaped. Unicode
+/// escapes (`\uXXXX`) are not supported and are an error.
+pub fn parse_properties(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((no, line)) = lines.next() {
+        let mut logical = line.trim_start().to_string();
+        if logical.is_empty() || logical.starts_with('#') || logical.starts_with('!') {
+            continue;
+        }
+        while ends_in_continuation(&logical) {
+            logical.pop();
+            match lines.next() {
+                Some((_, next)) => logical.push_str(next.trim_start()),
+                None => break,
+            }
+        }
+        let (key, value) = split_key_value(&logical);
+        let key = unescape(key).map_err(|e| format!("line {}: {e}", no + 1))?;
+        let value = unescape(value).map_err(|e| format!("line {}: {e}", no + 1))?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+fn ends_in_continuation(s: &str) -> bool {
+    s.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1
+}
+
+/// Splits a logical line at its first unescaped `=`, `:` or whitespace (whitespace around the
+/// separator is part of it).
+fn split_key_value(line: &str) -> (&str, &str) {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'=' | b':' | b' ' | b'\t' | b'\x0c' => break,
+            _ => i += 1,
+        }
+    }
+    let i = i.min(bytes.len());
+    let key = &line[..i];
+    let mut rest = line[i..].trim_start_matches([' ', '\t', '\x0c']);
+    if let Some(r) = rest.strip_prefix(['=', ':']) {
+        rest = r.trim_start_matches([' ', '\t', '\x0c']);
+    }
+    (key, rest)
+}
+
+fn unescape(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('f') => out.push('\x0c'),
+            Some('u') => return Err("unicode escapes (\\uXXXX) are not supported".into()),
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// `--payload-delimiter` as typed: `\n`, `\r`, `\t` and `\\` stand for the characters (so that
+/// the default, and a `'\n'` typed in a shell, mean a new line, as with Kafka's tool, which
+/// reads the delimiter as a Java regular expression). Anything else is taken literally.
+pub fn unescape_delimiter(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some('n')) => out.push('\n'),
+            ('\\', Some('r')) => out.push('\r'),
+            ('\\', Some('t')) => out.push('\t'),
+            ('\\', Some('\\')) => out.push('\\'),
+            _ => {
+                out.push(c);
+                continue;
+            }
+        }
+        chars.next();
+    }
+    out
+}
+
+/// The payloads of a `--payload-file`: its bytes split at every `delimiter`, trailing empty
+/// pieces dropped (as Java's `String.split`, which Kafka's tool uses).
+pub fn split_payloads(data: &[u8], delimiter: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    if delimiter.is_empty() {
+        out.extend(data.iter().map(|&b| vec![b]));
+        return out;
+    }
+    let mut start = 0;
+    let mut i = 0;
+    while i + delimiter.len() <= data.len() {
+        if &data[i..i + delimiter.len()] == delimiter {
+            out.push(data[start..i].to_vec());
+            i += delimiter.len();
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(data[start..].to_vec());
+    while out.last().is_some_and(|p| p.is_empty()) {
+        out.pop();
+    }
+    out
+}
+
+/// A date pattern in the letters of Java's `SimpleDateFormat` that the consumer tool's
+/// `--date-format` takes (default `yyyy-MM-dd HH:mm:ss:SSS`): `y`, `M` (numeric), `d`, `H`,
+/// `h`, `m`, `s`, `S`, `a`, text in single quotes (`''` for a quote) and any other non-letter
+/// as itself.
+#[derive(Debug, Clone)]
+pub struct DateFormat(Vec<Piece>);
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Field(char, usize),
+    Text(String),
+}
+
+/// The calendar fields a [`DateFormat`] prints.
+#[derive(Debug, Clone, Copy)]
+pub struct DateTime {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    pub millis: u32,
+}
+
+impl DateFormat {
+    pub fn parse(pattern: &str) -> Result<DateFormat, String> {
+        let mut pieces = Vec::new();
+        let chars: Vec<char> = pattern.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c == '\'' {
+                let mut text = String::new();
+                i += 1;
+                loop {
+                    match (chars.get(i), chars.get(i + 1)) {
+                        (Some('\''), Some('\'')) => {
+                            text.push('\'');
+                            i += 2;
+                        }
+                        (Some('\''), _) => {
+                            i += 1;
+                            break;
+                        }
+                        (Some(&ch), _) => {
+                            text.push(ch);
+                            i += 1;
+                        }
+                        (None, _) => return Err(format!("unterminated quote in {pattern:?}")),
+                    }
+                }
+                // '' outside text is a quote.
+                pieces.push(Piece::Text(if text.is_empty() { "'".into() } else { text }));
+            } else if c.is_ascii_alphabetic() {
+                if !"yMdHhmsSa".contains(c) {
+                    return Err(format!("unsupported date pattern letter {c:?} in {pattern:?}"));
+                }
+                let n = chars[i..].iter().take_while(|&&x| x == c).count();
+                pieces.push(Piece::Field(c, n));
+                i += n;
+            } else {
+                pieces.push(Piece::Text(c.to_string()));
+                i += 1;
+            }
+        }
+        Ok(DateFormat(pieces))
+    }
+
+    pub fn format(&self, t: &DateTime) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Piece::Text(s) => out.push_str(s),
+                Piece::Field(c, n) => {
+                    let n = *n;
+                    let v: i64 = match c {
+                        // `yy` is the year's last two digits; other counts the whole year.
+                        'y' if n == 2 => t.year.rem_euclid(100),
+                        'y' => t.year,
+                        'M' => t.month.into(),
+                        'd' => t.day.into(),
+                        'H' => t.hour.into(),
+                        'h' => ((t.hour + 11) % 12 + 1).into(),
+                        'm' => t.minute.into(),
+                        's' => t.second.into(),
+                        'S' => t.millis.into(),
+                        _ => {
+                            out.push_str(if t.hour < 12 { "AM" } else { "PM" });
+                            continue;
+                        }
+                    };
+                    out.push_str(&format!("{v:0n$}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_files_read_as_java_reads_them() {
+        let text = "# a comment\n! another\n\nbootstrap.servers=127.0.0.1:9092\n  acks : all\n\
+                    linger.ms 5\nclient.id=a\\=b\nlong=one,\\\n    two\nempty=\nsasl.jaas.config=x y z\n";
+        let p = parse_properties(text).unwrap();
+        let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            p,
+            [
+                ("bootstrap.servers", "127.0.0.1:9092"),
+                ("acks", "all"),
+                ("linger.ms", "5"),
+                ("client.id", "a=b"),
+                ("long", "one,two"),
+                ("empty", ""),
+                ("sasl.jaas.config", "x y z"),
+            ]
+        );
+        assert!(parse_properties("k=\\u0041").is_err());
+    }
+
+    #[test]
+    fn payloads_split_as_java_split_does() {
+        assert_eq!(unescape_delimiter("\\n"), "\n");
+        assert_eq!(unescape_delimiter("\n"), "\n");
+        assert_eq!(unescape_delimiter("||"), "||");
+        assert_eq!(unescape_delimiter("a\\\\b\\t"), "a\\b\t");
+        let p = split_payloads(b"one\ntwo\n\nthree\n\n", b"\n");
+        assert_eq!(p, [&b"one"[..], b"two", b"", b"three"]);
+        assert_eq!(split_payloads(b"a||b", b"||"), [&b"a"[..], b"b"]);
+        assert!(split_payloads(b"\n\n", b"\n").is_empty());
+    }
+
+    #[test]
+    fn the_consumer_tools_default_date_format() {
+        let t =
+            DateTime { year: 2026, month: 1, day: 5, hour: 13, minute: 4, second: 9, millis: 7 };
+        let f = DateFormat::parse("yyyy-MM-dd HH:mm:ss:SSS").unwrap();
+        assert_eq!(f.format(&t), "2026-01-05 13:04:09:007");
+        let f = DateFormat::parse("yy/M/d h:mm a 'at' ''").unwrap();
+        assert_eq!(f.format(&t), "26/1/5 1:04 PM at '");
+        assert!(DateFormat::parse("EEE").is_err());
+        assert!(DateFormat::parse("'open").is_err());
+    }
+}

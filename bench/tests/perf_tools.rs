@@ -1,0 +1,174 @@
+//! The perf tools against the real broker: `produce` with Kafka's options (a payload file with
+//! its delimiter, a producer properties file, `--producer-props` over both), `consume` with
+//! Kafka's output columns and `--from-latest`, `e2e-latency`; each figure checked against what
+//! was sent.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use millrace_e2e::Broker;
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_millrace-bench"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run millrace-bench")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = bench(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "millrace-bench {args:?}: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The number after `"key":` in a `--json` line.
+fn field(json: &str, key: &str) -> f64 {
+    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}"));
+    let rest = &json[at + key.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].parse().unwrap_or_else(|e| panic!("{key} in {json}: {e}"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn perf_tools_take_kafkas_options_and_count_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"));
+    let bs = broker.bootstrap();
+
+    // Payloads "a", "bb", "" and "cccc" (the trailing empty piece is dropped, as Java's split
+    // drops it). The file names an unreachable broker and acks=0, and `--producer-props`
+    // overrides both: the records must arrive, acknowledged.
+    let payloads = write(dir.path(), "payloads", "a|bb||cccc|");
+    let config = write(
+        dir.path(),
+        "producer.properties",
+        "# as kafka-producer-perf-test takes it\nbootstrap.servers = 127.0.0.1:1\nacks: 0\nlinger.ms=1\n",
+    );
+    let out = ok(&[
+        "produce",
+        "--topic",
+        "tools",
+        "--num-records",
+        "1000",
+        "--throughput",
+        "5000",
+        "--payload-file",
+        &payloads,
+        "--payload-delimiter",
+        "|",
+        "--producer.config",
+        &config,
+        "--producer-props",
+        &format!("bootstrap.servers={bs}"),
+        "acks=all",
+    ]);
+    assert!(out.contains("Number of records read: 4"), "{out}");
+    let last = out.lines().last().unwrap();
+    assert!(last.starts_with("1000 records sent, "), "{out}");
+    assert!(last.ends_with("ms 99.9th."), "{out}");
+
+    // Kafka's consumer columns (MB = 2^20 bytes); the 1000 records carry the four payloads in
+    // turn.
+    let bytes: u64 = (0..1000u64).map(|i| [1, 2, 0, 4][(i % 4) as usize]).sum();
+    let out = ok(&["consume", "--bootstrap-server", &bs, "--topic", "tools", "--messages", "1000"]);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, \
+         rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec, time.to.first.record.ms"
+    );
+    let cols: Vec<&str> = lines.next().unwrap().split(", ").collect();
+    assert_eq!(cols.len(), 11, "{out}");
+    assert_eq!(cols[4], "1000", "{out}");
+    assert_eq!(cols[2], format!("{:.4}", bytes as f64 / f64::from(1 << 20)), "{out}");
+    assert_eq!(cols[6], "0", "no group, so no rebalance: {out}");
+
+    let json = ok(&[
+        "consume",
+        "--bootstrap-server",
+        &bs,
+        "--topic",
+        "tools",
+        "--num-records",
+        "1000",
+        "--fetch-size",
+        "4096",
+        "--json",
+    ]);
+    assert_eq!(field(&json, "records"), 1000.0);
+    assert_eq!(field(&json, "mb"), (bytes as f64 / 1e6 * 1000.0).round() / 1000.0);
+
+    // --from-latest sees only what is produced after it started.
+    let late = Command::new(env!("CARGO_BIN_EXE_millrace-bench"))
+        .args(["consume", "--bootstrap-server", &bs, "--topic", "tools", "--num-records", "50"])
+        .args(["--from-latest", "--timeout", "20000", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    ok(&[
+        "produce",
+        "--bootstrap-server",
+        &bs,
+        "--topic",
+        "tools",
+        "--num-records",
+        "50",
+        "--record-size",
+        "100",
+        "--json",
+    ]);
+    let out = late.wait_with_output().unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{json}");
+    assert_eq!(field(&json, "records"), 50.0);
+    assert_eq!(field(&json, "mb"), 0.005, "only the 50 new 100-byte records: {json}");
+
+    // Too few records: Kafka's warning, the figures, and a failed exit.
+    let out = bench(&[
+        "consume",
+        "--bootstrap-server",
+        &bs,
+        "--topic",
+        "tools",
+        "--messages",
+        "5000",
+        "--timeout",
+        "1000",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("WARNING: Exiting before consuming the expected number of records"));
+    assert!(text.lines().last().unwrap().contains(", 1050, "), "all 1050 counted: {text}");
+
+    let json = ok(&[
+        "e2e-latency",
+        "--bootstrap-server",
+        &bs,
+        "--topic",
+        "e2e",
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(field(&json, "records"), 200.0);
+    assert!(field(&json, "p50") > 0.0);
+
+    broker.stop();
+}
