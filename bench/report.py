@@ -166,7 +166,7 @@ def settle(drop_caches=True):
 def runs_cell(r):
     """`p99 / p99.9` (ms) of every run of a fixed-rate row, in the order they ran, or `–`."""
     runs = r.get("runs")
-    return ", ".join(f"{p99:.1f} / {p999:.1f}" for p99, p999 in runs) if runs else "–"
+    return ", ".join(f"{p99:.2f} / {p999:.2f}" for p99, p999 in runs) if runs else "–"
 
 
 def median_run(runs):
@@ -416,7 +416,7 @@ def main():
           f"{lat['p95']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
           f"{cpu_per_gb(r):.2f} | {r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} | "
           f"{wakeup_cell(r)} | {steal_cell(r)} | {runs_cell(r)} |")
-    w(f"\nEach share was run {LATENCY_REPEATS} times (10 s each, a fresh topic each time); the row "
+    w(f"\nEach share was run {LATENCY_REPEATS} times ({10 * scale:g} s each, a fresh topic each time); the row "
       "is the run with the median p99, and the last column gives every run's p99 and p99.9 in the "
       "order they ran: on this VM one stalled second decides a run's tail. "
       f"Latency is from `send()` to the acknowledgement, so it includes up to {LATENCY_LINGER_MS} ms of "

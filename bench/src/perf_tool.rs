@@ -2,23 +2,28 @@
 //! (`kafka-producer-perf-test`, `kafka-consumer-perf-test`) so that their invocations carry over:
 //! client properties files, the payload delimiter and the consumer tool's date format.
 
+/// Java's white space in a properties file: space, tab, form feed.
+const BLANK: [char; 3] = [' ', '\t', '\x0c'];
+
 /// The `key=value` pairs of a Java properties file (what `--producer.config` and
 /// `--consumer.config` name), in file order: `key=value`, `key: value` or `key value`, blank
 /// lines and lines starting with `#` or `!` skipped, a line ending in an odd number of
-/// backslashes continued on the next, `\t`, `\n`, `\r`, `\f` and `\<c>` unescaped. Unicode
-/// escapes (`\uXXXX`) are not supported and are an error.
+/// backslashes continued on the next, `\t`, `\n`, `\r`, `\f` and `\<c>` unescaped. Lines
+/// end at `\n`, `\r\n` or `\r`. Unicode escapes (`\uXXXX`) are not supported and are an
+/// error.
 pub fn parse_properties(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
-    let mut lines = text.lines().enumerate();
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut lines = text.split('\n').enumerate();
     while let Some((no, line)) = lines.next() {
-        let mut logical = line.trim_start().to_string();
+        let mut logical = line.trim_start_matches(BLANK).to_string();
         if logical.is_empty() || logical.starts_with('#') || logical.starts_with('!') {
             continue;
         }
         while ends_in_continuation(&logical) {
             logical.pop();
             match lines.next() {
-                Some((_, next)) => logical.push_str(next.trim_start()),
+                Some((_, next)) => logical.push_str(next.trim_start_matches(BLANK)),
                 None => break,
             }
         }
@@ -48,9 +53,9 @@ fn split_key_value(line: &str) -> (&str, &str) {
     }
     let i = i.min(bytes.len());
     let key = &line[..i];
-    let mut rest = line[i..].trim_start_matches([' ', '\t', '\x0c']);
+    let mut rest = line[i..].trim_start_matches(BLANK);
     if let Some(r) = rest.strip_prefix(['=', ':']) {
-        rest = r.trim_start_matches([' ', '\t', '\x0c']);
+        rest = r.trim_start_matches(BLANK);
     }
     (key, rest)
 }
@@ -99,7 +104,8 @@ pub fn unescape_delimiter(s: &str) -> String {
 }
 
 /// The payloads of a `--payload-file`: its bytes split at every `delimiter`, trailing empty
-/// pieces dropped (as Java's `String.split`, which Kafka's tool uses).
+/// pieces dropped (as Java's `String.split`, which Kafka's tool used; its `Scanner` since
+/// differs only in empty pieces at the file's ends).
 pub fn split_payloads(data: &[u8], delimiter: &[u8]) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = Vec::new();
     if delimiter.is_empty() {
@@ -126,8 +132,8 @@ pub fn split_payloads(data: &[u8], delimiter: &[u8]) -> Vec<Vec<u8>> {
 
 /// A date pattern in the letters of Java's `SimpleDateFormat` that the consumer tool's
 /// `--date-format` takes (default `yyyy-MM-dd HH:mm:ss:SSS`): `y`, `M` (numeric), `d`, `H`,
-/// `h`, `m`, `s`, `S`, `a`, text in single quotes (`''` for a quote) and any other non-letter
-/// as itself.
+/// `h`, `m`, `s`, `S`, `a`, text in single quotes, `''` for a quote (inside quotes or out) and
+/// any other non-letter as itself. Month names (`MMM`) are refused.
 #[derive(Debug, Clone)]
 pub struct DateFormat(Vec<Piece>);
 
@@ -156,7 +162,10 @@ impl DateFormat {
         let mut i = 0;
         while i < chars.len() {
             let c = chars[i];
-            if c == '\'' {
+            if c == '\'' && chars.get(i + 1) == Some(&'\'') {
+                pieces.push(Piece::Text("'".into()));
+                i += 2;
+            } else if c == '\'' {
                 let mut text = String::new();
                 i += 1;
                 loop {
@@ -176,13 +185,15 @@ impl DateFormat {
                         (None, _) => return Err(format!("unterminated quote in {pattern:?}")),
                     }
                 }
-                // '' outside text is a quote.
-                pieces.push(Piece::Text(if text.is_empty() { "'".into() } else { text }));
+                pieces.push(Piece::Text(text));
             } else if c.is_ascii_alphabetic() {
                 if !"yMdHhmsSa".contains(c) {
                     return Err(format!("unsupported date pattern letter {c:?} in {pattern:?}"));
                 }
                 let n = chars[i..].iter().take_while(|&&x| x == c).count();
+                if c == 'M' && n >= 3 {
+                    return Err(format!("month names (MMM) are not supported in {pattern:?}"));
+                }
                 pieces.push(Piece::Field(c, n));
                 i += n;
             } else {
@@ -247,6 +258,8 @@ mod tests {
             ]
         );
         assert!(parse_properties("k=\\u0041").is_err());
+        let p = parse_properties("a=1\rb=2\r\nc=3").unwrap();
+        assert_eq!(p.len(), 3, "{p:?}");
     }
 
     #[test]
@@ -269,7 +282,10 @@ mod tests {
         assert_eq!(f.format(&t), "2026-01-05 13:04:09:007");
         let f = DateFormat::parse("yy/M/d h:mm a 'at' ''").unwrap();
         assert_eq!(f.format(&t), "26/1/5 1:04 PM at '");
+        let f = DateFormat::parse("'''' 'o''clock' H").unwrap();
+        assert_eq!(f.format(&t), "'' o'clock 13");
         assert!(DateFormat::parse("EEE").is_err());
+        assert!(DateFormat::parse("dd MMM").is_err());
         assert!(DateFormat::parse("'open").is_err());
     }
 }

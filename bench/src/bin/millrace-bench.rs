@@ -5,13 +5,12 @@
 //! - `consume`: the options and output columns of `kafka-consumer-perf-test` (by default every
 //!   partition assigned rather than a group: Millrace has no consumer groups yet), plus the
 //!   time to the first record.
-//!
-//! In the human lines, as in Kafka's tools, "MB" is 2^20 bytes; in `--json`, 10^6 bytes.
 //! - `e2e-latency`: produce at a fixed rate, consume, and report produce-to-consume latency
 //!   percentiles from an HDR histogram, measured from each record's *scheduled* send time, so
 //!   that a stall delays every record behind it (coordinated omission corrected).
 //!
-//! Every command takes `--json` for one machine-readable line at the end.
+//! Every command takes `--json` for one machine-readable line at the end. In the human lines, as
+//! in Kafka's tools, "MB" is 2^20 bytes; in `--json`, 10^6 bytes.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,8 +101,10 @@ struct BaselineTcpArgs {
 
 #[derive(Debug, Clone, Args)]
 struct Common {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    bootstrap_server: String,
+    /// The broker(s) to connect to [default: 127.0.0.1:9092]; given, over any properties file
+    /// or property, as with Kafka's tools.
+    #[arg(long)]
+    bootstrap_server: Option<String>,
     #[arg(long)]
     topic: String,
     /// Print one JSON object at the end instead of the human lines.
@@ -117,7 +118,7 @@ struct ProduceArgs {
     common: Common,
     #[arg(long)]
     num_records: u64,
-    #[arg(long, required_unless_present = "payload_file")]
+    #[arg(long, required_unless_present = "payload_file", conflicts_with = "payload_file")]
     record_size: Option<usize>,
     /// Payloads separated by `--payload-delimiter`, sent in turn (Kafka's tool picks them at
     /// random).
@@ -207,6 +208,30 @@ struct E2eArgs {
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+impl Common {
+    /// Sets `bootstrap.servers`: the default before the caller's properties (`explicit`
+    /// false), `--bootstrap-server` over them when given (`explicit` true).
+    fn set_bootstrap(&self, cfg: &mut ClientConfig, explicit: bool) {
+        match (&self.bootstrap_server, explicit) {
+            (Some(b), true) => {
+                cfg.set("bootstrap.servers", b);
+            }
+            (None, false) => {
+                cfg.set("bootstrap.servers", "127.0.0.1:9092");
+            }
+            _ => {}
+        }
+    }
+
+    /// A client configuration for tools that take no properties of the user's.
+    fn config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        self.set_bootstrap(&mut cfg, false);
+        self.set_bootstrap(&mut cfg, true);
+        cfg
+    }
+}
 
 fn main() {
     let cli = Cli::parse();
@@ -374,8 +399,9 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
             let delimiter = perf_tool::unescape_delimiter(&a.payload_delimiter);
             let payloads = perf_tool::split_payloads(&data, delimiter.as_bytes());
             if !a.common.json {
-                println!("Reading payloads from: {}", p.display());
-                println!("Number of records read: {}", payloads.len());
+                let shown = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+                println!("Reading payloads from: {}", shown.display());
+                println!("Number of messages read: {}", payloads.len());
             }
             payloads
         }
@@ -398,8 +424,8 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         return Err("the payload file holds no payloads".into());
     }
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &a.common.bootstrap_server)
-        .set("acks", "all")
+    a.common.set_bootstrap(&mut cfg, false);
+    cfg.set("acks", "all")
         .set("compression.type", "none")
         .set("enable.idempotence", "false")
         .set("linger.ms", "5")
@@ -415,6 +441,7 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         cfg.set("compression.type", codec);
     }
     props(&mut cfg, &a.producer_props)?;
+    a.common.set_bootstrap(&mut cfg, true);
     let stats = Stats::new();
     // Delivery reports are served by the producer's own polling thread, as the Java producer's
     // callbacks run on its I/O thread: a report's latency is then not also the time until the
@@ -455,7 +482,7 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         );
     } else {
         println!(
-            "{n} records sent, {:.1} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th.",
+            "{n} records sent, {:.6} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th.",
             n as f64 / secs,
             bytes as f64 / secs / MIB,
             h.mean() / 1000.0,
@@ -470,7 +497,8 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
 
 /// A consumer of `common.topic`: through `group` when given, else assigned every partition from
 /// the beginning (or the end, `from_latest`). `tune` sets the caller's properties over the
-/// defaults.
+/// defaults; `--bootstrap-server`, the group and the start then go over those, as Kafka's
+/// consumer tool sets its options over its properties.
 fn consumer(
     common: &Common,
     group: Option<&str>,
@@ -478,13 +506,14 @@ fn consumer(
     tune: impl FnOnce(&mut ClientConfig) -> Result<(), Error>,
 ) -> Result<BaseConsumer, Error> {
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &common.bootstrap_server)
-        .set("group.id", group.unwrap_or("millrace-bench-unused"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", if from_latest { "latest" } else { "earliest" })
+    common.set_bootstrap(&mut cfg, false);
+    cfg.set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760");
     tune(&mut cfg)?;
+    common.set_bootstrap(&mut cfg, true);
+    cfg.set("group.id", group.unwrap_or("millrace-bench-unused"))
+        .set("auto.offset.reset", if from_latest { "latest" } else { "earliest" });
     let c: BaseConsumer = cfg.create()?;
     match group {
         Some(_) => c.subscribe(&[&common.topic])?,
@@ -510,7 +539,11 @@ fn local_time(t: SystemTime) -> DateTime {
     // SAFETY: an all-zero `tm` is a valid value of the plain C struct.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: localtime_r reads `secs` and writes only into `tm`, both live for the call.
-    unsafe { libc::localtime_r(&secs, &mut tm) };
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        // No local time for it (not expected for the present): print UTC.
+        // SAFETY: as above.
+        unsafe { libc::gmtime_r(&secs, &mut tm) };
+    }
     DateTime {
         year: i64::from(tm.tm_year) + 1900,
         month: (tm.tm_mon + 1) as u32,
@@ -557,12 +590,14 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
     let start_wall = SystemTime::now();
     let start = Instant::now();
     let c = consumer(&a.common, a.group.as_deref(), a.from_latest, |cfg| {
+        config_file(cfg, a.consumer_config.as_deref())?;
+        props(cfg, &a.consumer_props)?;
+        // The options go over the properties, as in Kafka's tool.
         cfg.set("max.partition.fetch.bytes", a.fetch_size.to_string());
         if let Some(n) = a.socket_buffer_size {
             cfg.set("socket.receive.buffer.bytes", n.to_string());
         }
-        config_file(cfg, a.consumer_config.as_deref())?;
-        props(cfg, &a.consumer_props)
+        Ok(())
     })?;
     // Until the group assigns partitions (at once without a group): Kafka's rebalance time.
     let mut join_ms = if a.group.is_none() { Some(0) } else { None };
@@ -574,9 +609,10 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
     while n < a.messages {
         let polled = c.poll(Duration::from_millis(100));
         if join_ms.is_none() && c.assignment().is_ok_and(|t| t.count() > 0) {
-            let ms = start.elapsed().as_millis() as u64;
-            join_ms = Some(ms);
-            join_in_round = ms;
+            let now = Instant::now();
+            join_ms = Some((now - start).as_millis() as u64);
+            // The part of it in the current reporting interval.
+            join_in_round = (now - last_report).as_millis() as u64;
         }
         match polled {
             Some(Ok(m)) => {
@@ -585,17 +621,20 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
                 bytes +=
                     (m.key().map_or(0, |k| k.len()) + m.payload().map_or(0, |p| p.len())) as u64;
                 idle = Instant::now();
+                // As Kafka's tool: a line when a record arrives a reporting interval or more
+                // after the last line.
+                if a.show_detailed_stats && human && last_report.elapsed() >= interval {
+                    let ms = last_report.elapsed().as_millis() as u64;
+                    let stretch = (n - last_n, bytes - last_bytes);
+                    let cols = kafka_columns((n, bytes), stretch, ms, join_in_round);
+                    println!("{}, 0, {cols}", date.format(&local_time(SystemTime::now())));
+                    (last_report, last_n, last_bytes, join_in_round) =
+                        (Instant::now(), n, bytes, 0);
+                }
             }
             Some(Err(e)) => return Err(e.into()),
             None if idle.elapsed() > Duration::from_millis(a.timeout_ms) => break,
             None => {}
-        }
-        if a.show_detailed_stats && human && last_report.elapsed() >= interval {
-            let ms = last_report.elapsed().as_millis() as u64;
-            let stretch = (n - last_n, bytes - last_bytes);
-            let cols = kafka_columns((n, bytes), stretch, ms, join_in_round);
-            println!("{}, 0, {cols}", date.format(&local_time(SystemTime::now())));
-            (last_report, last_n, last_bytes, join_in_round) = (Instant::now(), n, bytes, 0);
         }
     }
     let elapsed = start.elapsed();
@@ -616,7 +655,8 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
         );
     } else if !a.show_detailed_stats {
         let ms = elapsed.as_millis() as u64;
-        let cols = kafka_columns((n, bytes), (n, bytes), ms, join_ms.unwrap_or(ms));
+        // A group that never assigned anything counts no rebalance time, as in Kafka's tool.
+        let cols = kafka_columns((n, bytes), (n, bytes), ms, join_ms.unwrap_or(0));
         println!(
             "{}, {}, {cols}, {first_ms:.1}",
             date.format(&local_time(start_wall)),
@@ -637,8 +677,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     // The producer's metadata request creates the topic where the broker auto-creates topics
     // (librdkafka consumers ask not to).
     {
-        let p: BaseProducer =
-            ClientConfig::new().set("bootstrap.servers", &a.common.bootstrap_server).create()?;
+        let p: BaseProducer = a.common.config().create()?;
         p.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
     }
     let c = consumer(&a.common, None, false, |cfg| {
@@ -646,11 +685,8 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
         Ok(())
     })?;
     let stats = Stats::new();
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &a.common.bootstrap_server)
-        .set("acks", &a.acks)
-        .set("enable.idempotence", "false")
-        .set("linger.ms", "0");
+    let mut cfg = a.common.config();
+    cfg.set("acks", &a.acks).set("enable.idempotence", "false").set("linger.ms", "0");
     let producer: BaseProducer<Ctx> = cfg.create_with_context(Ctx(stats))?;
     let total = a.rate * a.seconds;
     let interval_us = 1_000_000 / a.rate.max(1);

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use common::*;
-use millrace_storage::{DirectIo, Flush, IoEngineChoice, Log, LogConfig, StorageError};
+use millrace_storage::{now_ms, DirectIo, Flush, IoEngineChoice, Log, LogConfig, StorageError};
 
 struct Mount {
     point: PathBuf,
@@ -77,7 +77,7 @@ fn fill_until_full(
         let b = batch(i, 16, 1000, 0);
         let before = log.offsets();
         let appended = if relaxed_policy {
-            log.append_bytes(Bytes::copy_from_slice(&b), 7, 0, Flush::Now)
+            log.append_bytes(Bytes::copy_from_slice(&b), now_ms(), 0, Flush::Now)
         } else {
             log.append(&b)
         };
@@ -100,7 +100,7 @@ fn fill_until_full(
     assert!(matches!(e, StorageError::LogDirFailed { .. } | StorageError::Io { .. }), "{e:?}");
     // The directory now refuses writes with a clear error, and still serves reads.
     let again = if relaxed_policy {
-        log.append_bytes(Bytes::from(batch(1, 1, 10, 0)), 7, 0, Flush::Now)
+        log.append_bytes(Bytes::from(batch(1, 1, 10, 0)), now_ms(), 0, Flush::Now)
     } else {
         log.append(&batch(1, 1, 10, 0))
     }
@@ -141,11 +141,17 @@ fn full_disk_fails_cleanly_and_loses_nothing_acknowledged() {
         std::fs::remove_file(&ballast).unwrap();
         let io = io(&dir, engine);
         io.set_direct_io(direct.map(DirectIo::with_cache));
-        let log = Log::open(dir.join("t-0"), config(), io.clone()).unwrap();
+        let cfg = if relaxed_policy { relaxed() } else { config() };
+        let log = Log::open(dir.join("t-0"), cfg, io.clone()).unwrap();
         let all = read_all(&log);
         assert!(all.len() >= acked.len());
         assert_eq!(all[..acked.len()], acked[..]);
-        let info = log.append(&batch(99, 3, 100, 0)).unwrap();
+        let info = if relaxed_policy {
+            log.append_bytes(Bytes::from(batch(99, 3, 100, 0)), now_ms(), 0, Flush::Now)
+        } else {
+            log.append(&batch(99, 3, 100, 0))
+        }
+        .unwrap();
         info.durable.wait().unwrap();
         log.close().unwrap();
     }
