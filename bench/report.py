@@ -163,6 +163,13 @@ def settle(drop_caches=True):
     time.sleep(1)
 
 
+def client_cell(r, key):
+    """`p99 median / worst` (ms) over librdkafka's 1 s windows of a `--print-metrics` figure
+    (`rtt`, `int_latency`), or `–`."""
+    c = r.get("client", {}).get(f"{key}_ms")
+    return f"{c['p99_median_window']:.2f} / {c['p99_worst_window']:.2f}" if c else "–"
+
+
 def runs_cell(r):
     """`p99 / p99.9` (ms) of every run of a fixed-rate row, in the order they ran, or `–`."""
     runs = r.get("runs")
@@ -179,8 +186,8 @@ def median_run(runs):
 def mode_table(w, label, default, unthrottled, paced):
     """The table of a broker mode: the default broker's unthrottled run, the mode's, and the
     mode's fixed-rate runs."""
-    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | p99 / p99.9 ms of each run |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms (median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of each run |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, rate, r in [("default", "unthrottled", default), (label, "unthrottled", unthrottled),
                           *[(label, f"{s:.0%} of max", paced[s]) for s in LATENCY_SHARES]]:
         lat = r["latency_ms"]
@@ -188,7 +195,7 @@ def mode_table(w, label, default, unthrottled, paced):
         w(f"| {name} | {rate} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
           f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | {cpu:.2f} | "
           f"{r['floor_s_per_gb']:.2f} | {cpu / r['floor_s_per_gb']:.2f} | {wakeup_cell(r)} | "
-          f"{steal_cell(r)} | {runs_cell(r)} |")
+          f"{steal_cell(r)} | {client_cell(r, 'rtt')} | {client_cell(r, 'int_latency')} | {runs_cell(r)} |")
 
 
 def bench(*args):
@@ -228,10 +235,14 @@ def main():
                 [BENCH, "baseline-wakeup", "--seconds", str(n / throughput)],
                 stdout=subprocess.PIPE, text=True)
             try:
+                # A fixed-rate run also reports librdkafka's own view: the requests' round trip
+                # to the broker and the records' time in the client's queue.
+                metrics = ["--print-metrics"] if throughput > 0 else []
                 with StealWatch() as steal:
                     r = bench("produce", "--bootstrap-server", bs_, "--topic", name,
                               "--num-records", str(n), "--record-size", str(size), "--acks", acks,
-                              "--compression", codec, "--throughput", str(throughput), *extra)
+                              "--compression", codec, "--throughput", str(throughput), *metrics,
+                              *extra)
                 r["broker_cpu_s"] = cpu_seconds(pid_) - c0
                 if probe:
                     out, _ = probe.communicate()
@@ -408,17 +419,24 @@ def main():
       "differences here are run-to-run variation.\n")
     d256 = disk[262144]["chunk_latency_ms"]
     w(f"## Produce latency at a fixed rate (1 KiB, acks=all, linger.ms={LATENCY_LINGER_MS})\n")
-    w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | p99 / p99.9 ms of each run |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms (median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of each run |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for share, r in paced.items():
         lat = r["latency_ms"]
         w(f"| {share:.0%} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
           f"{lat['p95']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
           f"{cpu_per_gb(r):.2f} | {r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} | "
-          f"{wakeup_cell(r)} | {steal_cell(r)} | {runs_cell(r)} |")
+          f"{wakeup_cell(r)} | {steal_cell(r)} | {client_cell(r, 'rtt')} | {client_cell(r, 'int_latency')} | "
+          f"{runs_cell(r)} |")
     w(f"\nEach share was run {LATENCY_REPEATS} times ({10 * scale:g} s each, a fresh topic each time); the row "
       "is the run with the median p99, and the last column gives every run's p99 and p99.9 in the "
-      "order they ran: on this VM one stalled second decides a run's tail. "
+      "order they ran: on this VM one stalled second decides a run's tail. Two columns give "
+      "librdkafka's own view of the same run (`--print-metrics`, from its statistics windows of "
+      "1 s, which keep percentiles per window only): the round trip of its produce requests to the "
+      "broker (`rtt`: sent to answered, so the broker's work with its fsync, plus loopback) and the "
+      "records' wait in the client before their request went out (`int_latency`, including the "
+      "linger). A tail in the round trip is the broker's (or the machine's); one only in the queue "
+      "is the client's. "
       f"Latency is from `send()` to the acknowledgement, so it includes up to {LATENCY_LINGER_MS} ms of "
       "client batching. Beside it, the disk's own write + fdatasync of 256 KiB: "
       f"p99 {d256['p99']:.2f} ms, p99.9 {d256['p999']:.2f} ms. Small batches cost more CPU per GB "

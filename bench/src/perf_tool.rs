@@ -235,6 +235,58 @@ impl DateFormat {
     }
 }
 
+/// One of librdkafka's rolling statistics windows (`statistics.interval.ms` long), as
+/// `--print-metrics` keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub cnt: i64,
+    pub avg: i64,
+    pub p99: i64,
+    pub max: i64,
+}
+
+/// A metric's windows over a run.
+#[derive(Debug, Default, Clone)]
+pub struct WindowSeries(Vec<Window>);
+
+/// A run's view of a [`WindowSeries`]: librdkafka keeps percentiles per window only, so the
+/// 99th percentile is given for the median window and for the worst one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeriesSummary {
+    pub count: i64,
+    /// Mean over every value of every window.
+    pub avg: f64,
+    pub p99_median_window: i64,
+    pub p99_worst_window: i64,
+    pub max: i64,
+}
+
+impl WindowSeries {
+    /// Keeps `w` if it saw any value.
+    pub fn add(&mut self, w: Window) {
+        if w.cnt > 0 {
+            self.0.push(w);
+        }
+    }
+
+    pub fn summary(&self) -> Option<SeriesSummary> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let count: i64 = self.0.iter().map(|w| w.cnt).sum();
+        let sum: f64 = self.0.iter().map(|w| w.avg as f64 * w.cnt as f64).sum();
+        let mut p99: Vec<i64> = self.0.iter().map(|w| w.p99).collect();
+        p99.sort_unstable();
+        Some(SeriesSummary {
+            count,
+            avg: sum / count as f64,
+            p99_median_window: p99[p99.len() / 2],
+            p99_worst_window: p99[p99.len() - 1],
+            max: self.0.iter().map(|w| w.max).max().unwrap_or(0),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +324,20 @@ mod tests {
         assert_eq!(p, [&b"one"[..], b"two", b"", b"three"]);
         assert_eq!(split_payloads(b"a||b", b"||"), [&b"a"[..], b"b"]);
         assert!(split_payloads(b"\n\n", b"\n").is_empty());
+    }
+
+    #[test]
+    fn window_series_sum_up_a_run() {
+        let mut s = WindowSeries::default();
+        assert_eq!(s.summary(), None);
+        s.add(Window { cnt: 0, avg: 0, p99: 0, max: 0 });
+        s.add(Window { cnt: 100, avg: 10, p99: 20, max: 30 });
+        s.add(Window { cnt: 300, avg: 30, p99: 90, max: 200 });
+        s.add(Window { cnt: 100, avg: 10, p99: 25, max: 40 });
+        let m = s.summary().unwrap();
+        assert_eq!(m.count, 500);
+        assert_eq!(m.avg, 22.0);
+        assert_eq!((m.p99_median_window, m.p99_worst_window, m.max), (25, 90, 200));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The perf tools against the real broker: `produce` with Kafka's options (a payload file with
-//! its delimiter, a producer properties file, `--producer-props` over both), `consume` with
+//! its delimiter, a producer properties file, `--producer-props` over both, `--print-metrics`),
+//! `consume` with
 //! Kafka's output columns and `--from-latest`, `e2e-latency`; each figure checked against what
 //! was sent.
 
@@ -83,6 +84,29 @@ fn perf_tools_take_kafkas_options_and_count_right() {
     let last = out.lines().last().unwrap();
     assert!(last.starts_with("1000 records sent, "), "{out}");
     assert!(last.ends_with("ms 99.9th."), "{out}");
+
+    // librdkafka's own view of a run: a round trip per request, every record's queue time,
+    // batches that add up to the records sent.
+    let json = ok(&[
+        "produce",
+        "--bootstrap-server",
+        &bs,
+        "--topic",
+        "metrics",
+        "--num-records",
+        "2000",
+        "--record-size",
+        "100",
+        "--throughput",
+        "2000",
+        "--print-metrics",
+        "--json",
+    ]);
+    assert!(json.contains("\"rtt_ms\":{\"count\":"), "{json}");
+    let in_batches = field(&json, "batches") * field(&json, "batch_records_avg");
+    assert!((in_batches - 2000.0).abs() < 200.0, "{json}");
+    let queued = &json[json.find("\"int_latency_ms\"").expect("int_latency") + 16..];
+    assert_eq!(field(queued, "count"), 2000.0, "{json}");
 
     // Kafka's consumer columns (MB = 2^20 bytes); the 1000 records carry the four payloads in
     // turn.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
-use millrace_bench::perf_tool::{self, DateFormat, DateTime};
+use millrace_bench::perf_tool::{self, DateFormat, DateTime, Window, WindowSeries};
 use millrace_bench::{create_file, AlignedBuf, DIRECT_BLOCK};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -145,6 +145,12 @@ struct ProduceArgs {
     /// `compression.type` (default none); over `--producer.config`.
     #[arg(long)]
     compression: Option<String>,
+    /// At the end, librdkafka's view of the run from its 1 s statistics windows
+    /// (`statistics.interval.ms`): the requests' round trip to the broker (`rtt`), the time
+    /// records waited in the producer's queue (`int_latency`, linger included) and requests
+    /// in its send queue (`outbuf_latency`), and the batches' size.
+    #[arg(long)]
+    print_metrics: bool,
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +292,20 @@ struct Stats {
     acked: AtomicU64,
     acked_bytes: AtomicU64,
     errors: AtomicU64,
+    /// librdkafka's statistics windows (`--print-metrics`), and how many arrived.
+    client: Mutex<ClientMetrics>,
+    windows: AtomicU64,
+}
+
+/// librdkafka's statistics over a run (`--print-metrics`): the real brokers' windows (not the
+/// bootstrap connections') and every topic's batches.
+#[derive(Debug, Default)]
+struct ClientMetrics {
+    rtt: WindowSeries,
+    int_latency: WindowSeries,
+    outbuf_latency: WindowSeries,
+    batch_bytes: WindowSeries,
+    batch_records: WindowSeries,
 }
 
 impl Stats {
@@ -296,13 +316,81 @@ impl Stats {
             acked: AtomicU64::new(0),
             acked_bytes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            client: Mutex::new(ClientMetrics::default()),
+            windows: AtomicU64::new(0),
         })
     }
 }
 
 struct Ctx(Arc<Stats>);
 
-impl ClientContext for Ctx {}
+fn window(w: &rdkafka::statistics::Window) -> Window {
+    Window { cnt: w.cnt, avg: w.avg, p99: w.p99, max: w.max }
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: rdkafka::statistics::Statistics) {
+        if let Ok(mut guard) = self.0.client.lock() {
+            let m = &mut *guard;
+            for b in s.brokers.values().filter(|b| b.nodeid >= 0) {
+                for (series, w) in [
+                    (&mut m.rtt, &b.rtt),
+                    (&mut m.int_latency, &b.int_latency),
+                    (&mut m.outbuf_latency, &b.outbuf_latency),
+                ] {
+                    if let Some(w) = w {
+                        series.add(window(w));
+                    }
+                }
+            }
+            for t in s.topics.values() {
+                m.batch_bytes.add(window(&t.batchsize));
+                m.batch_records.add(window(&t.batchcnt));
+            }
+        }
+        self.0.windows.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `--print-metrics`' lines (`json` false) or its `"client"` object (`json` true).
+fn client_metrics(m: &ClientMetrics, json: bool) -> String {
+    let times = [
+        ("rtt", "request round trip to the broker (rtt)", &m.rtt),
+        ("int_latency", "records in the producer queue (int_latency)", &m.int_latency),
+        ("outbuf_latency", "requests in the send queue (outbuf_latency)", &m.outbuf_latency),
+    ];
+    let mut out = Vec::new();
+    for (key, what, series) in times {
+        let Some(x) = series.summary() else { continue };
+        let ms = |us: f64| us / 1000.0;
+        let (n, avg, max) = (x.count, ms(x.avg), ms(x.max as f64));
+        let (median, worst) = (ms(x.p99_median_window as f64), ms(x.p99_worst_window as f64));
+        out.push(if json {
+            format!(
+                "\"{key}_ms\":{{\"count\":{n},\"avg\":{avg:.3},\"p99_median_window\":{median:.3},\"p99_worst_window\":{worst:.3},\"max\":{max:.3}}}"
+            )
+        } else {
+            format!(
+                "{what}: {n} values, avg {avg:.3} ms, p99 {median:.3} ms (median 1 s window) / {worst:.3} ms (worst), max {max:.3} ms"
+            )
+        });
+    }
+    if let (Some(b), Some(r)) = (m.batch_bytes.summary(), m.batch_records.summary()) {
+        out.push(if json {
+            format!(
+                "\"batches\":{},\"batch_bytes_avg\":{:.0},\"batch_records_avg\":{:.1}",
+                b.count, b.avg, r.avg
+            )
+        } else {
+            format!("batches: {}, avg {:.0} bytes, {:.1} records", b.count, b.avg, r.avg)
+        });
+    }
+    if json {
+        format!("{{{}}}", out.join(","))
+    } else {
+        out.join("\n")
+    }
+}
 
 impl ProducerContext for Ctx {
     type DeliveryOpaque = Box<(Instant, usize)>;
@@ -432,6 +520,9 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         .set("batch.size", "1048576")
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000");
+    if a.print_metrics {
+        cfg.set("statistics.interval.ms", "1000");
+    }
     // Kafka's order: the file, then the properties on the command line.
     config_file(&mut cfg, a.producer_config.as_deref())?;
     if let Some(acks) = &a.acks {
@@ -462,6 +553,20 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
     send_all(&a, &payloads, &producer, &stats, start)?;
     producer.flush(Duration::from_secs(120))?;
     let secs = start.elapsed().as_secs_f64();
+    if a.print_metrics {
+        // The last window closes one statistics interval after the run's end at the latest.
+        let interval: u64 =
+            cfg.get("statistics.interval.ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let seen = stats.windows.load(Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_millis(interval + 500);
+        while stats.windows.load(Ordering::Relaxed) == seen && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let client = match a.print_metrics {
+        true => Some(client_metrics(&*stats.client.lock().map_err(|_| "poisoned")?, a.common.json)),
+        false => None,
+    };
     let h = stats.hist.lock().map_err(|_| "poisoned")?;
     let n = stats.acked.load(Ordering::Relaxed);
     let bytes = stats.acked_bytes.load(Ordering::Relaxed);
@@ -473,8 +578,9 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         ms(h.value_at_quantile(0.999)),
     );
     if a.common.json {
+        let client = client.map(|c| format!(",\"client\":{c}")).unwrap_or_default();
         println!(
-            "{{\"records\":{n},\"errors\":{errors},\"seconds\":{secs:.3},\"records_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"latency_ms\":{{\"avg\":{:.3},\"max\":{:.3},\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3}}}}}",
+            "{{\"records\":{n},\"errors\":{errors},\"seconds\":{secs:.3},\"records_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"latency_ms\":{{\"avg\":{:.3},\"max\":{:.3},\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3}}}{client}}}",
             n as f64 / secs,
             bytes as f64 / secs / 1e6,
             h.mean() / 1000.0,
@@ -488,6 +594,9 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
             h.mean() / 1000.0,
             ms(h.max())
         );
+        if let Some(c) = client {
+            println!("{c}");
+        }
     }
     if errors > 0 {
         return Err(format!("{errors} records failed").into());
