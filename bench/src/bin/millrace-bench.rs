@@ -219,22 +219,20 @@ impl Common {
     /// Sets `bootstrap.servers`: the default before the caller's properties (`explicit`
     /// false), `--bootstrap-server` over them when given (`explicit` true).
     fn set_bootstrap(&self, cfg: &mut ClientConfig, explicit: bool) {
-        match (&self.bootstrap_server, explicit) {
-            (Some(b), true) => {
-                cfg.set("bootstrap.servers", b);
-            }
-            (None, false) => {
-                cfg.set("bootstrap.servers", "127.0.0.1:9092");
-            }
-            _ => {}
+        if explicit == self.bootstrap_server.is_some() {
+            cfg.set("bootstrap.servers", self.bootstrap());
         }
+    }
+
+    /// `--bootstrap-server`, or the default.
+    fn bootstrap(&self) -> &str {
+        self.bootstrap_server.as_deref().unwrap_or("127.0.0.1:9092")
     }
 
     /// A client configuration for tools that take no properties of the user's.
     fn config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
-        self.set_bootstrap(&mut cfg, false);
-        self.set_bootstrap(&mut cfg, true);
+        cfg.set("bootstrap.servers", self.bootstrap());
         cfg
     }
 }
@@ -577,22 +575,17 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         ms(h.value_at_quantile(0.99)),
         ms(h.value_at_quantile(0.999)),
     );
+    let (rate, avg, max) = (n as f64 / secs, h.mean() / 1000.0, ms(h.max()));
     if a.common.json {
         let client = client.map(|c| format!(",\"client\":{c}")).unwrap_or_default();
+        let mb_per_sec = bytes as f64 / secs / 1e6;
         println!(
-            "{{\"records\":{n},\"errors\":{errors},\"seconds\":{secs:.3},\"records_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"latency_ms\":{{\"avg\":{:.3},\"max\":{:.3},\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3}}}{client}}}",
-            n as f64 / secs,
-            bytes as f64 / secs / 1e6,
-            h.mean() / 1000.0,
-            ms(h.max())
+            "{{\"records\":{n},\"errors\":{errors},\"seconds\":{secs:.3},\"records_per_sec\":{rate:.1},\"mb_per_sec\":{mb_per_sec:.3},\"latency_ms\":{{\"avg\":{avg:.3},\"max\":{max:.3},\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3}}}{client}}}"
         );
     } else {
+        let mib_per_sec = bytes as f64 / secs / MIB;
         println!(
-            "{n} records sent, {:.6} records/sec ({:.2} MB/sec), {:.2} ms avg latency, {:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th.",
-            n as f64 / secs,
-            bytes as f64 / secs / MIB,
-            h.mean() / 1000.0,
-            ms(h.max())
+            "{n} records sent, {rate:.6} records/sec ({mib_per_sec:.2} MB/sec), {avg:.2} ms avg latency, {max:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th."
         );
         if let Some(c) = client {
             println!("{c}");
