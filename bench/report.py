@@ -170,30 +170,40 @@ def client_cell(r, key):
     return f"{c['p99_median_window']:.2f} / {c['p99_worst_window']:.2f}" if c else "–"
 
 
+def ideal_cell(lat):
+    """`p99 / p99.9` (ms) of the ideal writer's records (`baseline-disk --rate-mb`), or `–`."""
+    return f"{lat['p99']:.2f} / {lat['p999']:.2f}" if lat else "–"
+
+
 def runs_cell(r):
-    """`p99 / p99.9` (ms) of every run of a fixed-rate row, in the order they ran, or `–`."""
+    """`p99 / p99.9` (ms) of every run of a fixed-rate row, in the order they ran, each with the
+    ideal writer's of its bytes right after it, or `–`."""
     runs = r.get("runs")
-    return ", ".join(f"{p99:.2f} / {p999:.2f}" for p99, p999 in runs) if runs else "–"
+    return ", ".join(f"{p99:.2f} / {p999:.2f} (ideal {ideal_cell(ideal)})"
+                     for p99, p999, ideal in runs) if runs else "–"
 
 
 def median_run(runs):
-    """The run with the median p99 of `runs`, carrying every run's p99 and p99.9."""
+    """The run with the median p99 of `runs`, carrying every run's p99 and p99.9 and its ideal
+    writer's."""
     r = dict(sorted(runs, key=lambda x: x["latency_ms"]["p99"])[len(runs) // 2])
-    r["runs"] = [(x["latency_ms"]["p99"], x["latency_ms"]["p999"]) for x in runs]
+    r["runs"] = [(x["latency_ms"]["p99"], x["latency_ms"]["p999"], x.get("ideal_latency_ms"))
+                 for x in runs]
     return r
 
 
 def mode_table(w, label, default, unthrottled, paced):
     """The table of a broker mode: the default broker's unthrottled run, the mode's, and the
     mode's fixed-rate runs."""
-    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms (median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of each run |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | ideal writer p99 / p99.9 ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms (median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of each run |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, rate, r in [("default", "unthrottled", default), (label, "unthrottled", unthrottled),
                           *[(label, f"{s:.0%} of max", paced[s]) for s in LATENCY_SHARES]]:
         lat = r["latency_ms"]
         cpu = r["broker_cpu_s"] / r["gb"]
         w(f"| {name} | {rate} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
-          f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | {cpu:.2f} | "
+          f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
+          f"{ideal_cell(r.get('ideal_latency_ms'))} | {cpu:.2f} | "
           f"{r['floor_s_per_gb']:.2f} | {cpu / r['floor_s_per_gb']:.2f} | {wakeup_cell(r)} | "
           f"{steal_cell(r)} | {client_cell(r, 'rtt')} | {client_cell(r, 'int_latency')} | {runs_cell(r)} |")
 
@@ -257,12 +267,23 @@ def main():
             r["gb"] = n * size / 1e9
             if codec == "none" and floor:
                 # The kernel's share of the same bytes, from the same starting state, measured
-                # right after: writing them with an fdatasync per MiB (the cost of page-cache
-                # memory on this VM drifts, so a floor from the start of the run would not do).
+                # right after (the cost of page-cache memory on this VM drifts, so a floor from
+                # the start of the run would not do): unthrottled, writing them with an
+                # fdatasync per MiB; at a fixed rate, as an ideal group-committing writer at the
+                # same rate, in requests of the run's own average size, whose records' latency
+                # is the row's latency floor on this disk at that moment.
                 settle()
-                d = baseline("baseline-disk", "--dir", d_, "--bytes", str(n * size), "--chunk",
-                             str(1 << 20), "--fsync-every-chunk", *floor_args)
+                if throughput > 0:
+                    request = r.get("client", {}).get("batch_bytes_avg") or size * throughput / 1000
+                    request = max(4096, -(-int(request) // 4096) * 4096)
+                    pace = ["--chunk", str(request), "--rate-mb", str(throughput * size / 1e6),
+                            "--record-size", str(size)]
+                else:
+                    pace = ["--chunk", str(1 << 20)]
+                d = baseline("baseline-disk", "--dir", d_, "--bytes", str(n * size),
+                             "--fsync-every-chunk", *pace, *floor_args)
                 r["floor_s_per_gb"] = d["cpu_s_per_gb"] + tcp["recv_cpu_s_per_gb"]
+                r["ideal_latency_ms"] = d.get("record_latency_ms")
             return r
 
         disk = {}
@@ -396,7 +417,8 @@ def main():
     w("")
     w(f"CPU floor of a produced GB = disk (1 MiB fsyncs) + TCP receiver = {produce_floor:.2f} s/GB here, at the start; "
       "each uncompressed produce row below has its own floor, the same disk baseline run right after it "
-      "with its bytes from the same starting state (plus the TCP receiver), because the cost of new "
+      "with its bytes from the same starting state (plus the TCP receiver; at a fixed rate, paced as "
+      "the run was, see there), because the cost of new "
       f"page-cache memory drifts on this VM. Of a consumed GB = the cheaper TCP sender = {consume_floor:.2f} s/GB (on loopback "
       "the sender also runs the receiving side's TCP processing). Latency percentiles of the disk rows "
       "are per chunk (write + fdatasync). The O_DIRECT rows show what the page cache costs here; "
@@ -419,13 +441,13 @@ def main():
       "differences here are run-to-run variation.\n")
     d256 = disk[262144]["chunk_latency_ms"]
     w(f"## Produce latency at a fixed rate (1 KiB, acks=all, linger.ms={LATENCY_LINGER_MS})\n")
-    w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms (median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of each run |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | ideal writer p99 / p99.9 ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms (median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of each run |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for share, r in paced.items():
         lat = r["latency_ms"]
         w(f"| {share:.0%} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
           f"{lat['p95']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
-          f"{cpu_per_gb(r):.2f} | {r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} | "
+          f"{ideal_cell(r.get('ideal_latency_ms'))} | {cpu_per_gb(r):.2f} | {r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} | "
           f"{wakeup_cell(r)} | {steal_cell(r)} | {client_cell(r, 'rtt')} | {client_cell(r, 'int_latency')} | "
           f"{runs_cell(r)} |")
     w(f"\nEach share was run {LATENCY_REPEATS} times ({10 * scale:g} s each, a fresh topic each time); the row "
@@ -438,8 +460,16 @@ def main():
       "linger). A tail in the round trip is the broker's (or the machine's); one only in the queue "
       "is the client's. "
       f"Latency is from `send()` to the acknowledgement, so it includes up to {LATENCY_LINGER_MS} ms of "
-      "client batching. Beside it, the disk's own write + fdatasync of 256 KiB: "
-      f"p99 {d256['p99']:.2f} ms, p99.9 {d256['p999']:.2f} ms. Small batches cost more CPU per GB "
+      "client batching. The ideal writer is each run's floor, run right after it with its "
+      "bytes from the same starting state (`millrace-bench baseline-disk --rate-mb`): requests "
+      "of the run's average size (librdkafka's) arrive at the run's rate, and a single thread "
+      "writes everything that has arrived with one `pwritev` and one `fdatasync`, as a broker "
+      "with nothing to do but group commit would; its records' latency counts from their arrival "
+      "spread over the interval before their request (the client's linger) to the sync. It is "
+      "what the disk and the kernel allow at that rate and that moment, without the client or "
+      "the network, and its CPU per GB (with the TCP receiver's) is the row's CPU floor. "
+      f"(The disk's unpaced write + fdatasync of 256 KiB at the start: p99 {d256['p99']:.2f} ms, "
+      f"p99.9 {d256['p999']:.2f} ms.) Small batches cost more CPU per GB "
       "(an fdatasync and a request round trip each): when client and broker together need more "
       "than the 2 cores, the client's queue grows and latency with it. Two measures of the machine "
       "itself at the same moment sit beside each fixed-rate run: how late a thread sleeping 1 ms "

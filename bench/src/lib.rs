@@ -372,6 +372,65 @@ impl KeyGen {
     }
 }
 
+/// Requests of a fixed size arriving at a fixed rate, as from a producer that sends one every
+/// `interval` (its linger): request `j` carries what arrived in `[j, j + 1) * interval` and is
+/// there at `(j + 1) * interval` after the start. A paced baseline (`millrace-bench
+/// baseline-disk --rate-mb`) takes them as an ideal group-committing writer would: everything
+/// that has arrived, in one write and one sync.
+#[derive(Debug)]
+pub struct Paced {
+    interval: Duration,
+    total: u64,
+    next: u64,
+}
+
+impl Paced {
+    /// `total` requests, one every `interval`.
+    pub fn new(interval: Duration, total: u64) -> Paced {
+        Paced { interval, total, next: 0 }
+    }
+
+    /// When request `j` is there, from the start.
+    pub fn arrival(&self, j: u64) -> Duration {
+        self.interval.saturating_mul(u32::try_from(j + 1).unwrap_or(u32::MAX))
+    }
+
+    /// The requests there at `elapsed` and not taken yet, at most `max` of them (empty when
+    /// none is); they count as taken.
+    pub fn take(&mut self, elapsed: Duration, max: u64) -> std::ops::Range<u64> {
+        let there = (elapsed.as_nanos() / self.interval.as_nanos().max(1)) as u64;
+        let end = there.min(self.total).min(self.next + max);
+        let start = self.next;
+        self.next = self.next.max(end);
+        start..self.next
+    }
+
+    /// When the next request not taken is there; `None` once all are taken.
+    pub fn next_arrival(&self) -> Option<Duration> {
+        (self.next < self.total).then(|| self.arrival(self.next))
+    }
+}
+
+/// Adds to `hist` (microseconds) the latencies of `records` records sent in one request whose
+/// answer came `latency` after the request was sent: they arrived evenly over the `interval`
+/// before it (the client's linger), so theirs spread over `[latency, latency + interval]`.
+pub fn record_spread(
+    hist: &mut hdrhistogram::Histogram<u64>,
+    latency: Duration,
+    interval: Duration,
+    records: u64,
+) {
+    const POINTS: u64 = 16;
+    let points = records.clamp(1, POINTS);
+    for k in 0..points {
+        let count = records / points + u64::from(k < records % points);
+        let at = latency + interval.mul_f64((k as f64 + 0.5) / points as f64);
+        if count > 0 {
+            hist.saturating_record_n(at.as_micros().max(1) as u64, count);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +460,39 @@ mod tests {
         assert_eq!(last_batch_header(&both).unwrap().max_timestamp, 202);
         assert_eq!(last_batch_header(&both[..both.len() - 1]).unwrap().max_timestamp, 101);
         assert!(last_batch_header(&[]).is_none());
+    }
+
+    #[test]
+    fn paced_requests_are_taken_as_they_arrive() {
+        let ms = Duration::from_millis;
+        let mut p = Paced::new(ms(2), 5);
+        assert_eq!(p.next_arrival(), Some(ms(2)));
+        assert!(p.take(ms(1), 10).is_empty()); // the first is there at 2 ms
+        assert_eq!(p.take(ms(2), 10), 0..1);
+        assert!(p.take(ms(3), 10).is_empty()); // taken already
+        assert_eq!(p.next_arrival(), Some(ms(4)));
+        // Behind: everything there is taken together, up to `max`.
+        assert_eq!(p.take(ms(9), 2), 1..3);
+        assert_eq!(p.take(ms(9), 10), 3..4);
+        // Never more than `total`.
+        assert_eq!(p.take(ms(100), 10), 4..5);
+        assert_eq!(p.next_arrival(), None);
+        assert!(p.take(ms(200), 10).is_empty());
+    }
+
+    #[test]
+    fn record_spread_covers_the_linger() {
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        record_spread(&mut h, Duration::from_micros(500), Duration::from_micros(1000), 100);
+        assert_eq!(h.len(), 100);
+        // Spread over [0.5, 1.5] ms: the fastest record waited the least of the linger.
+        assert!((500..600).contains(&h.min()), "{}", h.min());
+        assert!((1400..1500).contains(&h.max()), "{}", h.max());
+        assert!(h.mean() > 950.0 && h.mean() < 1050.0, "{}", h.mean());
+        // Fewer records than points: one value each.
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        record_spread(&mut h, Duration::from_micros(500), Duration::from_micros(1000), 3);
+        assert_eq!(h.len(), 3);
     }
 
     #[test]

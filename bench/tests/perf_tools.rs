@@ -237,3 +237,46 @@ fn perf_tools_take_kafkas_options_and_count_right() {
 
     broker.stop();
 }
+
+/// `baseline-disk --rate-mb`, the report's ideal writer: requests arrive at the rate asked for,
+/// every one is written (the file's bytes and the request count match), and a request's latency
+/// is at least a sync's while its records' spread over the interval before it.
+#[test]
+fn paced_disk_baseline_keeps_the_rate_and_counts_every_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    // 2 MB in requests of 64 KiB at 20 MB/s: 31 requests, one every 3.3 ms, ≈ 0.1 s.
+    let out = ok(&[
+        "baseline-disk",
+        "--dir",
+        d,
+        "--bytes",
+        "2000000",
+        "--chunk",
+        "65536",
+        "--fsync-every-chunk",
+        "--rate-mb",
+        "20",
+        "--record-size",
+        "1024",
+    ]);
+    let line = out.lines().last().expect("a line");
+    assert_eq!(field(line, "requests"), 31.0, "{line}");
+    let writes = field(line, "writes");
+    assert!((1.0..=31.0).contains(&writes), "{line}");
+    assert!((field(line, "interval_ms") - 3.277).abs() < 0.01, "{line}");
+    // Paced, not as fast as the disk goes: 31 × 64 KiB at 20 MB/s take ≈ 0.1 s.
+    let mb_per_sec = field(line, "mb_per_sec");
+    assert!(mb_per_sec > 5.0 && mb_per_sec < 21.0, "{line}");
+    let request = &line[line.find("\"request_latency_ms\"").expect("request latency")..];
+    let record = &line[line.find("\"record_latency_ms\"").expect("record latency")..];
+    // A record waited at least part of the linger on top of its request's latency.
+    assert!(field(record, "p50") > field(request, "p50"), "{line}");
+    // Nothing is left behind in the directory.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("read dir").count(), 0);
+    // Refused without a sync per request, or with a rate that is not positive.
+    for bad in [&["--rate-mb", "20"][..], &["--rate-mb", "0", "--fsync-every-chunk"][..]] {
+        let out = bench(&[&["baseline-disk", "--dir", d, "--bytes", "65536"][..], bad].concat());
+        assert!(!out.status.success(), "{bad:?} accepted");
+    }
+}

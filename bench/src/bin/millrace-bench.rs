@@ -85,6 +85,16 @@ struct BaselineDiskArgs {
     /// `--log-page-cache-window-bytes` does); needs --fsync-every-chunk
     #[arg(long)]
     drop_behind: Option<u64>,
+    /// Paced: requests of `--chunk` bytes arrive at this many MB/s (10^6 bytes), one every
+    /// chunk / rate, as from a producer with that linger; everything that has arrived is
+    /// written with one `pwritev` and one fdatasync, as an ideal group-committing broker would.
+    /// Adds each request's latency from its arrival to its sync, and its records' (of
+    /// `--record-size`, arrived evenly over the interval before it); needs --fsync-every-chunk
+    #[arg(long)]
+    rate_mb: Option<f64>,
+    /// Bytes per record, for the records' latency of `--rate-mb`
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    record_size: u64,
 }
 
 #[derive(Debug, Args)]
@@ -874,61 +884,132 @@ fn baseline_disk(a: BaselineDiskArgs) -> Result<(), Error> {
     if a.direct && !a.chunk.is_multiple_of(DIRECT_BLOCK) {
         return Err(format!("--direct needs a --chunk that is a multiple of {DIRECT_BLOCK}").into());
     }
+    if let Some(rate) = a.rate_mb {
+        if !rate.is_finite() || rate <= 0.0 || !a.fsync_every_chunk {
+            return Err("--rate-mb must be positive and needs --fsync-every-chunk".into());
+        }
+    }
     let path = a.dir.join(format!("millrace-bench-baseline-{}", std::process::id()));
     // O_DIRECT needs a block-aligned buffer.
     let aligned = AlignedBuf::new(a.chunk, |i| (i % 251) as u8);
     let buf = aligned.as_slice();
-    // Time of each chunk's write (+ fdatasync), in microseconds.
+    // Time of each write (+ fdatasync), in microseconds.
     let mut hist = histogram();
     let start = Instant::now();
     let cpu0 = thread_cpu_seconds();
     let mut written = 0u64;
-    let mut dropped = 0u64;
+    let mut dropper = DropBehind { window: a.drop_behind, dropped: 0 };
+    let mut paced_json = String::new();
     {
         let mut f = create_file(&path, a.direct)?;
-        while written < a.bytes {
-            let t = Instant::now();
-            f.write_all(buf)?;
-            written += buf.len() as u64;
-            if a.fsync_every_chunk {
-                f.sync_data()?;
-            }
-            if let Some(window) = a.drop_behind {
-                const STEP: u64 = 4 << 20;
-                if written >= dropped.saturating_add(window).saturating_add(STEP) {
-                    let to = (written - window) & !(STEP - 1);
-                    use std::os::fd::AsRawFd as _;
-                    // SAFETY: plain system call on an open descriptor; no memory is passed.
-                    unsafe {
-                        libc::posix_fadvise(
-                            f.as_raw_fd(),
-                            dropped as libc::off_t,
-                            (to - dropped) as libc::off_t,
-                            libc::POSIX_FADV_DONTNEED,
-                        )
-                    };
-                    dropped = to;
+        match a.rate_mb {
+            None => {
+                while written < a.bytes {
+                    let t = Instant::now();
+                    f.write_all(buf)?;
+                    written += buf.len() as u64;
+                    if a.fsync_every_chunk {
+                        f.sync_data()?;
+                    }
+                    dropper.after_sync(&f, written);
+                    hist.saturating_record(t.elapsed().as_micros() as u64);
                 }
             }
-            hist.saturating_record(t.elapsed().as_micros() as u64);
+            Some(rate) => {
+                let requests = a.bytes.div_ceil(a.chunk as u64);
+                let interval = Duration::from_secs_f64(a.chunk as f64 / (rate * 1e6));
+                let records = (a.chunk as u64 / a.record_size).max(1);
+                let mut pacer = millrace_bench::Paced::new(interval, requests);
+                let (mut request_hist, mut record_hist) = (histogram(), histogram());
+                let mut iov = Vec::new();
+                let t0 = Instant::now();
+                while let Some(next) = pacer.next_arrival() {
+                    let now = t0.elapsed();
+                    if now < next {
+                        std::thread::sleep(next - now);
+                    }
+                    let got = pacer.take(t0.elapsed(), millrace_storage::io::IOV_MAX as u64);
+                    if got.is_empty() {
+                        continue;
+                    }
+                    let t = Instant::now();
+                    let n = (got.end - got.start) as usize;
+                    let copies = std::iter::repeat_n(buf, n);
+                    millrace_storage::io::pwritev_all(&f, written, copies, 1, &mut iov)?;
+                    written += (n * buf.len()) as u64;
+                    f.sync_data()?;
+                    let synced = t0.elapsed();
+                    hist.saturating_record(t.elapsed().as_micros() as u64);
+                    for j in got {
+                        let latency = synced.saturating_sub(pacer.arrival(j));
+                        request_hist.saturating_record(latency.as_micros().max(1) as u64);
+                        millrace_bench::record_spread(&mut record_hist, latency, interval, records);
+                    }
+                    dropper.after_sync(&f, written);
+                }
+                paced_json = format!(
+                    ",\"requests\":{requests},\"writes\":{},\"request_bytes\":{},\"interval_ms\":{:.3},\
+                     \"request_latency_ms\":{},\"record_latency_ms\":{}",
+                    hist.len(),
+                    a.chunk,
+                    interval.as_secs_f64() * 1e3,
+                    percentiles_json(&request_hist),
+                    percentiles_json(&record_hist)
+                );
+            }
         }
         f.sync_data()?;
     }
     let cpu = thread_cpu_seconds() - cpu0;
     let secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "{{\"mb_per_sec\":{:.3},\"seconds\":{secs:.3},\"cpu_s_per_gb\":{:.4},\
-         \"chunk_latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}}}}",
+         \"chunk_latency_ms\":{}{paced_json}}}",
         written as f64 / secs / 1e6,
         cpu / (written as f64 / 1e9),
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        hist.max() as f64 / 1000.0
+        percentiles_json(&hist)
     );
     Ok(())
+}
+
+/// `{"p50":..,"p99":..,"p999":..,"max":..}` in milliseconds of a histogram of microseconds.
+fn percentiles_json(h: &Histogram<u64>) -> String {
+    format!(
+        "{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}}",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max())
+    )
+}
+
+/// `baseline-disk --drop-behind`: the file's pages more than `window` bytes behind its end are
+/// dropped from the page cache, in steps of 4 MiB, after each sync.
+struct DropBehind {
+    window: Option<u64>,
+    dropped: u64,
+}
+
+impl DropBehind {
+    fn after_sync(&mut self, f: &std::fs::File, written: u64) {
+        const STEP: u64 = 4 << 20;
+        let Some(window) = self.window else { return };
+        if written >= self.dropped.saturating_add(window).saturating_add(STEP) {
+            let to = (written - window) & !(STEP - 1);
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: plain system call on an open descriptor; no memory is passed.
+            unsafe {
+                libc::posix_fadvise(
+                    f.as_raw_fd(),
+                    self.dropped as libc::off_t,
+                    (to - self.dropped) as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+            self.dropped = to;
+        }
+    }
 }
 
 fn baseline_tcp(a: BaselineTcpArgs) -> Result<(), Error> {

@@ -868,7 +868,8 @@ fn write_all_at(
 /// Writes `parts` back to back at `offset` of `file` with `pwritev` (at most `IOV_MAX` iovecs
 /// a call; short writes continued, EINTR retried); returns how many bytes that was. Each call
 /// must write a multiple of `unit` bytes (a direct write stopping mid-block is an error).
-pub(crate) fn pwritev_all<'a>(
+/// Public for the benchmarks' plain-file baselines, which write the same way.
+pub fn pwritev_all<'a>(
     file: &File,
     offset: u64,
     parts: impl Iterator<Item = &'a [u8]> + Clone,
@@ -926,7 +927,7 @@ fn iovecs_over<'a>(
 }
 
 /// Iovecs per write call (Linux's UIO_MAXIOV).
-pub(crate) const IOV_MAX: usize = 1024;
+pub const IOV_MAX: usize = 1024;
 
 /// One group commit of one log: an fdatasync per dirty file, all in flight together.
 struct SyncGroup {
