@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
@@ -148,7 +148,60 @@ struct InFlight {
     rest: Deferred,
     api_key: ApiKey,
     api_version: i16,
+    /// When its times are logged (see [`Timing`]).
+    timing: Option<Timing>,
     _slot: OwnedSemaphorePermit,
+}
+
+/// The request log (`RUST_LOG=millrace::request=debug`), as Kafka's `kafka.request.logger`:
+/// one line per answered request with where its time went.
+const REQUEST_LOG: &str = "millrace::request";
+
+/// A request's times, taken only while the request log is on.
+struct Timing {
+    correlation_id: i32,
+    bytes: usize,
+    /// Its length prefix was in: reading its body started.
+    begun: Instant,
+    /// Its body was in.
+    received: Instant,
+    /// Its local work (decode, validation, appends) was done and it was queued for its answer.
+    started: Instant,
+    /// It became the connection's oldest request waiting for its answer.
+    oldest: Option<Instant>,
+    /// Its answer was ready (durable, or the long poll over).
+    ready: Option<Instant>,
+}
+
+impl Timing {
+    /// Logs the request's line once its answer has been written.
+    fn log(&self, api_key: ApiKey, api_version: i16) {
+        let now = Instant::now();
+        let ms =
+            |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1e3;
+        let oldest = self.oldest.unwrap_or(self.started).max(self.started);
+        let ready = self.ready.unwrap_or(now);
+        tracing::debug!(
+            target: REQUEST_LOG,
+            api = ?api_key,
+            version = api_version,
+            correlation_id = self.correlation_id,
+            bytes = self.bytes,
+            // Reading the body after its length (the client sending it, the network).
+            read_ms = format_args!("{:.3}", ms(self.begun, self.received)),
+            // Decode, validation, appends; waiting for an in-flight slot.
+            local_ms = format_args!("{:.3}", ms(self.received, self.started)),
+            // Behind the connection's earlier requests.
+            queue_ms = format_args!("{:.3}", ms(self.started, oldest)),
+            // Waiting for its answer once the oldest: the fsync, the long poll.
+            remote_ms = format_args!("{:.3}", ms(oldest, ready)),
+            // Writing the answer.
+            send_ms = format_args!("{:.3}", ms(ready, now)),
+            // From the whole request being in to the answer written.
+            total_ms = format_args!("{:.3}", ms(self.received, now)),
+            "request"
+        );
+    }
 }
 
 async fn connection(
@@ -198,6 +251,9 @@ async fn respond(
     while open || current.is_some() || !queue.is_empty() {
         if current.is_none() {
             current = queue.pop_front();
+            if let Some(t) = current.as_mut().and_then(|r| r.timing.as_mut()) {
+                t.oldest = Some(Instant::now());
+            }
         }
         let busy = current.is_some();
         let oldest = std::future::poll_fn(|cx| match current.as_mut() {
@@ -208,7 +264,10 @@ async fn respond(
             biased;
             response = oldest, if busy => {
                 // Holds the in-flight slot until the answer is written.
-                let Some(r) = current.take() else { continue };
+                let Some(mut r) = current.take() else { continue };
+                if let Some(t) = r.timing.as_mut() {
+                    t.ready = Some(Instant::now());
+                }
                 match response {
                     Ok(Some(chunks)) => write_chunks(&mut wr, &chunks).await?,
                     Ok(None) => {}
@@ -222,6 +281,9 @@ async fn respond(
                         );
                         return Ok(());
                     }
+                }
+                if let Some(t) = &r.timing {
+                    t.log(r.api_key, r.api_version);
                 }
             }
             next = rx.recv(), if open => match next {
@@ -444,6 +506,8 @@ async fn read_loop(
             ));
         }
         let len = len as usize;
+        let begun =
+            tracing::enabled!(target: REQUEST_LOG, tracing::Level::DEBUG).then(Instant::now);
         // A frame of ordinary size gets its whole buffer at once, so that its bytes are never
         // moved; a larger one grows with what arrives, never by what the length claims.
         let step = if len <= PREALLOC_MAX { len } else { READ_CHUNK };
@@ -476,6 +540,7 @@ async fn read_loop(
                 });
             }
         }
+        let received = begun.map(|b| (b, Instant::now()));
         let mut frame: Bytes = frame.freeze();
         if len <= PREALLOC_MAX && pool.len() < FRAME_POOL {
             pool.push(frame.clone()); // a reference: reusable once the request lets go of it
@@ -496,10 +561,20 @@ async fn read_loop(
         // In request order: appends and topic changes happen here, before the next request is
         // read. What may take a while (fsync waits, long polls) goes on in the writer.
         let rest = handlers::start(broker, &header, request).await;
+        let timing = received.map(|(begun, received)| Timing {
+            correlation_id: header.correlation_id,
+            bytes: len,
+            begun,
+            received,
+            started: Instant::now(),
+            oldest: None,
+            ready: None,
+        });
         let r = InFlight {
             rest,
             api_key: header.api_key,
             api_version: header.api_version,
+            timing,
             _slot: permit,
         };
         if tx.send(r).is_err() {

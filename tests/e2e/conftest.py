@@ -44,10 +44,12 @@ def port_open(port: int) -> bool:
 class Broker:
     """One broker process (restartable on the same port and data directory)."""
 
-    def __init__(self, data_dir: Path, log_path: Path, extra_args: list[str] | None = None):
+    def __init__(self, data_dir: Path, log_path: Path, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None):
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra_args = list(extra_args or [])
+        self.env = dict(env or {})
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -76,6 +78,7 @@ class Broker:
                str(self.data_dir), *self.extra_args]
         env = dict(os.environ, NO_COLOR="1")
         env.setdefault("RUST_LOG", "info")
+        env.update(self.env)
         with open(self.log_path, "ab") as log:
             log.write(f"===== start #{self.starts}: {' '.join(cmd)}\n".encode())
             log.flush()
@@ -144,16 +147,17 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def broker_factory(request, tmp_path):
-    """Starts brokers: `broker_factory(extra_args=[...], start=True)`."""
+    """Starts brokers: `broker_factory(extra_args=[...], start=True, env={...})`."""
     if not os.access(MILLRACE_BIN, os.X_OK):
         pytest.fail(f"no executable broker at {MILLRACE_BIN} (set MILLRACE_BIN or build it)",
                     pytrace=False)
     brokers: list[Broker] = []
     request.node._millrace_brokers = brokers
 
-    def make(extra_args: list[str] | None = None, start: bool = True) -> Broker:
+    def make(extra_args: list[str] | None = None, start: bool = True,
+             env: dict[str, str] | None = None) -> Broker:
         n = len(brokers)
-        b = Broker(tmp_path / f"data{n}", tmp_path / f"broker{n}.log", extra_args)
+        b = Broker(tmp_path / f"data{n}", tmp_path / f"broker{n}.log", extra_args, env)
         brokers.append(b)
         if start:
             b.start()
