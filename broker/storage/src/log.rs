@@ -475,9 +475,10 @@ impl Log {
         let new = Segment::create(&self.dir, base, &inner.config, direct.as_ref()).map_err(fail)?;
         old.pass_spares(&new);
         checkpoint::sync_dir(&self.dir).map_err(|e| fail(StorageError::io(&self.dir, e)))?;
-        // A direct tail is kept for one roll, for readers just behind; the one before goes.
+        // A direct tail is kept for one roll, for readers just behind; the one before goes,
+        // its memory to the new segment's tail.
         if let Some((_, prev)) = inner.segments.range(..old.base_offset).next_back() {
-            prev.release_tail();
+            prev.hand_tail_to(&new);
         }
         inner.segments.insert(base, new.clone());
         // The old segment is sealed (its indexes trimmed and synced: a few milliseconds of

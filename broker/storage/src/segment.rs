@@ -465,9 +465,13 @@ impl Segment {
         Ok(())
     }
 
-    /// Lets go of a direct tail's memory: reads go through the file from now on.
-    pub(crate) fn release_tail(&self) {
-        self.state().tail = None;
+    /// At a roll: lets go of this segment's direct tail (reads go through the file from now
+    /// on), its memory going to `next`'s tail for reuse ([`Tail::adopt`]).
+    pub(crate) fn hand_tail_to(&self, next: &Segment) {
+        let Some(tail) = self.state().tail.take() else { return };
+        if let Some(to) = next.state().tail.as_mut() {
+            to.adopt(tail);
+        }
     }
 
     /// Lists this segment's direct tail, if it has one, with its directory's budget, so that
@@ -494,13 +498,28 @@ impl Segment {
         }
     }
 
-    /// At a roll: hands the direct tail's spare chunks to `next`'s tail.
-    pub(crate) fn pass_spares(&self, next: &Segment) {
+    /// At a roll: hands the direct tail's spare chunks to `next`'s tail, which takes the
+    /// chunks it needs next from this one's ([`Segment::yield_chunk`]).
+    pub(crate) fn pass_spares(self: &Arc<Self>, next: &Segment) {
         let mut from = self.state();
         let mut to = next.state();
         if let (Some(from), Some(to)) = (from.tail.as_mut(), to.tail.as_mut()) {
             from.pass_spares(to);
+            to.follows(Arc::downgrade(self));
         }
+    }
+
+    /// The oldest chunk of the direct tail, for the next segment's tail ([`Tail::yield_oldest`]),
+    /// unless the segment's state is locked: the caller holds the next segment's lock, so this
+    /// never waits.
+    pub(crate) fn yield_chunk(&self, cap: u64) -> Option<Arc<direct::ChunkBuf>> {
+        let mut st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let published = self.published_len();
+        st.tail.as_mut()?.yield_oldest(published, cap)
     }
 
     /// A `Bytes` over at least the first `upto` published bytes, sharing the file's map.
