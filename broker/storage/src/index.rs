@@ -135,6 +135,29 @@ impl IndexFile {
         self.remap((capacity * self.width) as u64, true)
     }
 
+    /// A second handle on the file, with the length of its entries: for a seal to write them
+    /// back, cut the file to that length and sync it without the segment's lock (see
+    /// `Segment::seal`), around [`IndexFile::map_entries_only`].
+    pub(crate) fn detached(&self) -> io::Result<(File, u64)> {
+        Ok((self.file.try_clone()?, (self.entries * self.width) as u64))
+    }
+
+    /// Maps only its entries (the file may still be longer, until the caller cuts it): readers
+    /// see the same entries, and no more can be added. The entries must have been written back
+    /// already (the file synced since the last one was added).
+    pub(crate) fn map_entries_only(&mut self) -> io::Result<()> {
+        let len = self.entries * self.width;
+        self.map = match len {
+            0 => None,
+            // SAFETY: as in `remap`; the map covers the entries only, which a cut of the file
+            // to their length keeps. Made before the old one goes, which a failure leaves.
+            _ => Some(unsafe { memmap2::MmapOptions::new().len(len).map_mut(&self.file)? }),
+        };
+        self.capacity = self.entries;
+        self.dirty = false;
+        Ok(())
+    }
+
     /// Writes the map back and shrinks the file to exactly its entries.
     pub(crate) fn trim(&mut self) -> io::Result<()> {
         let len = (self.entries * self.width) as u64;

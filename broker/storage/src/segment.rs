@@ -766,20 +766,42 @@ impl Segment {
         pos
     }
 
-    /// Writes the final time index entry and trims both indexes: the segment takes no more
-    /// appends.
+    /// Writes the final time index entry and trims both indexes to their entries, synced: the
+    /// segment takes no more appends. The segment's lock is held only to add that entry and to
+    /// swap the index maps for maps of their entries; writing the entries back, cutting the
+    /// preallocated files and syncing them (several milliseconds: a cut frees blocks, which
+    /// the file system may discard) happen without it, so that readers just behind a roll
+    /// (consumers at the log end) and the next segment's tail ([`Segment::yield_chunk`]) do
+    /// not wait for the disk. Until the cut is synced the files are longer than their entries,
+    /// as before a seal: recovery rebuilds such indexes, and the recovery point moves past the
+    /// segment only once this has returned.
     pub(crate) fn seal(&self) -> io::Result<()> {
-        let mut st = self.state();
-        if st.sealed {
-            return Ok(());
+        let files = {
+            let mut st = self.state();
+            if st.sealed {
+                return Ok(());
+            }
+            if st.reserved_len > 0 {
+                let (t, o) =
+                    (st.max_timestamp, (st.offset_of_max_timestamp - self.base_offset) as u32);
+                st.time_index.maybe_push(t, o);
+            }
+            st.sealed = true;
+            [st.offset_index.0.detached()?, st.time_index.0.detached()?]
+        };
+        // The entries written through the maps, to disk.
+        for (f, _) in &files {
+            f.sync_data()?;
         }
-        if st.reserved_len > 0 {
-            let (t, o) = (st.max_timestamp, (st.offset_of_max_timestamp - self.base_offset) as u32);
-            st.time_index.maybe_push(t, o);
+        {
+            let mut st = self.state();
+            st.offset_index.0.map_entries_only()?;
+            st.time_index.0.map_entries_only()?;
         }
-        st.offset_index.0.trim()?;
-        st.time_index.0.trim()?;
-        st.sealed = true;
+        for (f, len) in &files {
+            f.set_len(*len)?;
+            f.sync_all()?;
+        }
         Ok(())
     }
 
