@@ -643,17 +643,23 @@ impl Tail {
         // A new chunk advances the clock; `append` stamps this tail with it when done (no other
         // tail's reclaim looks at it before: they skip a segment whose lock is held).
         self.budget.clock.fetch_add(1, Ordering::Relaxed);
-        self.evict(published);
+        // Down to this tail's share first; then, over the budget, the other tails let go
+        // (their spares before anyone's data) before this one evicts for the budget: spares
+        // kept by an idle partition must not cost a busy one its cached data.
+        self.evict(published, false);
         if self.budget.wants_reclaim() {
             self.budget.reclaim(&mut self.freed);
         }
+        self.evict(published, true);
     }
 
-    /// Lets the oldest chunks go while over this tail's share or the directory's budget, but
-    /// only chunks that are wholly published (their last block was written for the last time)
-    /// and never the newest.
-    pub(crate) fn evict(&mut self, published: u64) {
-        while self.chunks.len() > 1 && (self.cached > self.budget.per_tail || self.budget.over()) {
+    /// Lets the oldest chunks go while over this tail's share (or, with `budget`, the
+    /// directory's budget), but only chunks that are wholly published (their last block was
+    /// written for the last time) and never the newest.
+    pub(crate) fn evict(&mut self, published: u64, budget: bool) {
+        while self.chunks.len() > 1
+            && (self.cached > self.budget.per_tail || (budget && self.budget.over()))
+        {
             match self.chunks.front() {
                 Some(c) if c.end <= published => {}
                 _ => break,
@@ -975,7 +981,7 @@ pub(crate) mod tests {
         assert_eq!(hit.data(hit.first_pos), &[2u8; 300][..]);
         assert_eq!(t.find(3, published).unwrap().first_pos, 0);
         // Once published, the old chunk leaves the cache and its memory is kept for reuse.
-        t.evict(published);
+        t.evict(published, true);
         assert_eq!(t.chunks.len(), 1);
         assert_eq!(t.cached_from(), Some(big.len() as u64));
         assert!(t.find(3, published).is_none());
@@ -1069,9 +1075,6 @@ pub(crate) mod tests {
         assert_eq!(covered(&joined), covered(&whole));
     }
 
-    /// A tail that lets go keeps only the partial last block (nothing when the log end is
-    /// aligned) and counts its memory back; its next append starts a chunk from that block and
-    /// the write covers the same bytes as before. Bytes not yet written are never let go.
     /// A tail of 16 KiB chunks (a 64 KiB share) holding `n` appends of 10,000 bytes, all
     /// written (the last one's write returned, so its block buffer is free again).
     fn written_tail(n: usize, budget: &Arc<TailBudget>) -> (tempfile::TempDir, Tail) {
@@ -1136,6 +1139,9 @@ pub(crate) mod tests {
         assert_eq!(next.spare.len(), next.spares_kept() - 1);
     }
 
+    /// A tail that lets go keeps only the partial last block (nothing when the log end is
+    /// aligned) and counts its memory back; its next append starts a chunk from that block and
+    /// the write covers the same bytes as before. Bytes not yet written are never let go.
     #[test]
     fn a_tail_that_lets_go_starts_again_from_its_partial_block() {
         let (_d, mut t) = tail(64 << 10);

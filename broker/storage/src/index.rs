@@ -137,9 +137,20 @@ impl IndexFile {
 
     /// A second handle on the file, with the length of its entries: for a seal to write them
     /// back, cut the file to that length and sync it without the segment's lock (see
-    /// `Segment::seal`), around [`IndexFile::map_entries_only`].
-    pub(crate) fn detached(&self) -> io::Result<(File, u64)> {
-        Ok((self.file.try_clone()?, (self.entries * self.width) as u64))
+    /// `Segment::seal`), around [`IndexFile::map_entries_only`]. `None` when the index is
+    /// trimmed and synced already (a rolled segment at open): nothing to do.
+    pub(crate) fn detached(&self) -> io::Result<Option<(File, u64)>> {
+        let len = (self.entries * self.width) as u64;
+        if self.is_trimmed(len)? {
+            return Ok(None);
+        }
+        Ok(Some((self.file.try_clone()?, len)))
+    }
+
+    /// Whether the file holds exactly its `len` bytes of entries, all synced.
+    fn is_trimmed(&self, len: u64) -> io::Result<bool> {
+        // A full index is trimmed by size but its entries may not be on disk yet.
+        Ok(!self.dirty && self.capacity == self.entries && self.file.metadata()?.len() == len)
     }
 
     /// Maps only its entries (the file may still be longer, until the caller cuts it): readers
@@ -161,9 +172,8 @@ impl IndexFile {
     /// Writes the map back and shrinks the file to exactly its entries.
     pub(crate) fn trim(&mut self) -> io::Result<()> {
         let len = (self.entries * self.width) as u64;
-        // A full index is trimmed by size but its entries may not be on disk yet.
-        if !self.dirty && self.capacity == self.entries && self.file.metadata()?.len() == len {
-            return Ok(()); // already trimmed and synced
+        if self.is_trimmed(len)? {
+            return Ok(());
         }
         if let Some(m) = &self.map {
             m.flush()?;

@@ -786,19 +786,28 @@ impl Segment {
                     (st.max_timestamp, (st.offset_of_max_timestamp - self.base_offset) as u32);
                 st.time_index.maybe_push(t, o);
             }
+            // Set before the work is done: a seal that fails fails the directory (the caller
+            // sees to it), and nothing seals a segment twice.
             st.sealed = true;
             [st.offset_index.0.detached()?, st.time_index.0.detached()?]
         };
+        if files.iter().all(Option::is_none) {
+            return Ok(()); // trimmed and synced already (a rolled segment at open)
+        }
         // The entries written through the maps, to disk.
-        for (f, _) in &files {
+        for (f, _) in files.iter().flatten() {
             f.sync_data()?;
         }
         {
             let mut st = self.state();
-            st.offset_index.0.map_entries_only()?;
-            st.time_index.0.map_entries_only()?;
+            if files[0].is_some() {
+                st.offset_index.0.map_entries_only()?;
+            }
+            if files[1].is_some() {
+                st.time_index.0.map_entries_only()?;
+            }
         }
-        for (f, len) in &files {
+        for (f, len) in files.iter().flatten() {
             f.set_len(*len)?;
             f.sync_all()?;
         }
