@@ -154,8 +154,9 @@ impl IndexFile {
     }
 
     /// Maps only its entries (the file may still be longer, until the caller cuts it): readers
-    /// see the same entries, and no more can be added. The entries must have been written back
-    /// already (the file synced since the last one was added).
+    /// see the same entries, and no more can be added. The caller then cuts and syncs the file
+    /// through [`IndexFile::detached`]'s handle, which writes back what was stored through the
+    /// old map; until then the index is not on disk, as before a seal.
     pub(crate) fn map_entries_only(&mut self) -> io::Result<()> {
         let len = self.entries * self.width;
         self.map = match len {

@@ -768,9 +768,9 @@ impl Segment {
 
     /// Writes the final time index entry and trims both indexes to their entries, synced: the
     /// segment takes no more appends. The segment's lock is held only to add that entry and to
-    /// swap the index maps for maps of their entries; writing the entries back, cutting the
-    /// preallocated files and syncing them (several milliseconds: a cut frees blocks, which
-    /// the file system may discard) happen without it, so that readers just behind a roll
+    /// swap the index maps for maps of their entries; cutting the preallocated files and
+    /// syncing them (several milliseconds: a cut frees blocks, which the file system may
+    /// discard) happen without it, so that readers just behind a roll
     /// (consumers at the log end) and the next segment's tail ([`Segment::yield_chunk`]) do
     /// not wait for the disk. Until the cut is synced the files are longer than their entries,
     /// as before a seal: recovery rebuilds such indexes, and the recovery point moves past the
@@ -789,24 +789,17 @@ impl Segment {
             // Set before the work is done: a seal that fails fails the directory (the caller
             // sees to it), and nothing seals a segment twice.
             st.sealed = true;
-            [st.offset_index.0.detached()?, st.time_index.0.detached()?]
-        };
-        if files.iter().all(Option::is_none) {
-            return Ok(()); // trimmed and synced already (a rolled segment at open)
-        }
-        // The entries written through the maps, to disk.
-        for (f, _) in files.iter().flatten() {
-            f.sync_data()?;
-        }
-        {
-            let mut st = self.state();
+            let files = [st.offset_index.0.detached()?, st.time_index.0.detached()?];
             if files[0].is_some() {
                 st.offset_index.0.map_entries_only()?;
             }
             if files[1].is_some() {
                 st.time_index.0.map_entries_only()?;
             }
-        }
+            files
+        };
+        // Cut to the entries, then one sync writes back the entries stored through the maps
+        // (their pages stay dirty in the page cache when a map goes) and the new length.
         for (f, len) in files.iter().flatten() {
             f.set_len(*len)?;
             f.sync_all()?;
