@@ -715,7 +715,6 @@ impl Tail {
         }
         self.freed.append(&mut prev.blocks);
         self.freed.append(&mut prev.freed);
-        prev.cached = 0;
         // `prev` gives back all it held when dropped; what moved counts here from now on.
         drop(prev);
         self.charge(moved);

@@ -135,30 +135,20 @@ impl IndexFile {
         self.remap((capacity * self.width) as u64, true)
     }
 
-    /// A second handle on the file, with the length of its entries: for a seal to write them
-    /// back, cut the file to that length and sync it without the segment's lock (see
-    /// `Segment::seal`), around [`IndexFile::map_entries_only`]. `None` when the index is
-    /// trimmed and synced already (a rolled segment at open): nothing to do.
-    pub(crate) fn detached(&self) -> io::Result<Option<(File, u64)>> {
-        let len = (self.entries * self.width) as u64;
-        if self.is_trimmed(len)? {
+    /// Shrinks the index to its entries in memory (a map of the entries only: readers see the
+    /// same entries, and no more can be added) and returns a second handle on the file with
+    /// their length, for [`cut`] to shrink the file and sync it; the caller may do that without
+    /// the segment's lock (`Segment::seal`). Until then the file is longer than its entries and
+    /// not synced, as before a seal. `None` when the index is trimmed and synced already (a
+    /// rolled segment at open): nothing to do.
+    pub(crate) fn detach_trimmed(&mut self) -> io::Result<Option<(File, u64)>> {
+        let len = self.entries * self.width;
+        // A full index is trimmed by size but its entries may not be on disk yet.
+        if !self.dirty && self.capacity == self.entries && self.file.metadata()?.len() == len as u64
+        {
             return Ok(None);
         }
-        Ok(Some((self.file.try_clone()?, len)))
-    }
-
-    /// Whether the file holds exactly its `len` bytes of entries, all synced.
-    fn is_trimmed(&self, len: u64) -> io::Result<bool> {
-        // A full index is trimmed by size but its entries may not be on disk yet.
-        Ok(!self.dirty && self.capacity == self.entries && self.file.metadata()?.len() == len)
-    }
-
-    /// Maps only its entries (the file may still be longer, until the caller cuts it): readers
-    /// see the same entries, and no more can be added. The caller then cuts and syncs the file
-    /// through [`IndexFile::detached`]'s handle, which writes back what was stored through the
-    /// old map; until then the index is not on disk, as before a seal.
-    pub(crate) fn map_entries_only(&mut self) -> io::Result<()> {
-        let len = self.entries * self.width;
+        let file = self.file.try_clone()?;
         self.map = match len {
             0 => None,
             // SAFETY: as in `remap`; the map covers the entries only, which a cut of the file
@@ -167,25 +157,24 @@ impl IndexFile {
         };
         self.capacity = self.entries;
         self.dirty = false;
-        Ok(())
+        Ok(Some((file, len as u64)))
     }
 
-    /// Writes the map back and shrinks the file to exactly its entries.
+    /// Shrinks the file to exactly its entries and syncs it.
     pub(crate) fn trim(&mut self) -> io::Result<()> {
-        let len = (self.entries * self.width) as u64;
-        if self.is_trimmed(len)? {
-            return Ok(());
+        match self.detach_trimmed()? {
+            Some((file, len)) => cut(&file, len),
+            None => Ok(()),
         }
-        if let Some(m) = &self.map {
-            m.flush()?;
-        }
-        self.map = None;
-        self.file.set_len(len)?;
-        self.capacity = self.entries;
-        self.file.sync_all()?;
-        self.dirty = false;
-        self.remap(len, false)
     }
+}
+
+/// Shrinks an index file detached by [`IndexFile::detach_trimmed`] to `len` and syncs it: one
+/// sync writes back the entries stored through the old map (their pages stay dirty in the page
+/// cache when a map goes) and the new length.
+pub(crate) fn cut(file: &File, len: u64) -> io::Result<()> {
+    file.set_len(len)?;
+    file.sync_all()
 }
 
 /// Sizes an index file to `len` with its blocks allocated. A sparse file would let a store into

@@ -22,7 +22,7 @@ use crate::batch::{self, BatchHeader};
 use crate::config::LogConfig;
 use crate::direct::{self, Tail, TailBudget};
 use crate::error::{Result, StorageError};
-use crate::index::{IndexFile, OffsetIndex, TimeIndex, OFFSET_ENTRY, TIME_ENTRY};
+use crate::index::{self, IndexFile, OffsetIndex, TimeIndex, OFFSET_ENTRY, TIME_ENTRY};
 use crate::log::TimestampLookup;
 
 /// File name stem of a segment: its base offset in 20 digits, as Kafka names them.
@@ -789,20 +789,10 @@ impl Segment {
             // Set before the work is done: a seal that fails fails the directory (the caller
             // sees to it), and nothing seals a segment twice.
             st.sealed = true;
-            let files = [st.offset_index.0.detached()?, st.time_index.0.detached()?];
-            if files[0].is_some() {
-                st.offset_index.0.map_entries_only()?;
-            }
-            if files[1].is_some() {
-                st.time_index.0.map_entries_only()?;
-            }
-            files
+            [st.offset_index.0.detach_trimmed()?, st.time_index.0.detach_trimmed()?]
         };
-        // Cut to the entries, then one sync writes back the entries stored through the maps
-        // (their pages stay dirty in the page cache when a map goes) and the new length.
         for (f, len) in files.iter().flatten() {
-            f.set_len(*len)?;
-            f.sync_all()?;
+            index::cut(f, *len)?;
         }
         Ok(())
     }
