@@ -192,20 +192,33 @@ def median_run(runs):
     return r
 
 
+# The columns every fixed-rate table ends with, from the latency's tail to every run's.
+TAIL_HEADER = ("max ms | ideal writer p99 / p99.9 ms | broker CPU s/GB | CPU floor s/GB | vs floor | "
+               "wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms "
+               "(median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of "
+               "each run |")
+TAIL_ALIGN = "---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+
+
+def tail_cells(r):
+    """The cells under `TAIL_HEADER` of run `r`."""
+    cpu = r["broker_cpu_s"] / r["gb"]
+    return (f"{r['latency_ms']['max']:.2f} | {ideal_cell(r.get('ideal_latency_ms'))} | {cpu:.2f} | "
+            f"{r['floor_s_per_gb']:.2f} | {cpu / r['floor_s_per_gb']:.2f} | {wakeup_cell(r)} | "
+            f"{steal_cell(r)} | {client_cell(r, 'rtt')} | {client_cell(r, 'int_latency')} | "
+            f"{runs_cell(r)} |")
+
+
 def mode_table(w, label, default, unthrottled, paced):
     """The table of a broker mode: the default broker's unthrottled run, the mode's, and the
     mode's fixed-rate runs."""
-    w("| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | ideal writer p99 / p99.9 ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms (median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of each run |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w(f"| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | {TAIL_HEADER}")
+    w(f"|---|---|---:|---:|---:|---:|---:|{TAIL_ALIGN}")
     for name, rate, r in [("default", "unthrottled", default), (label, "unthrottled", unthrottled),
                           *[(label, f"{s:.0%} of max", paced[s]) for s in LATENCY_SHARES]]:
         lat = r["latency_ms"]
-        cpu = r["broker_cpu_s"] / r["gb"]
         w(f"| {name} | {rate} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
-          f"{lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
-          f"{ideal_cell(r.get('ideal_latency_ms'))} | {cpu:.2f} | "
-          f"{r['floor_s_per_gb']:.2f} | {cpu / r['floor_s_per_gb']:.2f} | {wakeup_cell(r)} | "
-          f"{steal_cell(r)} | {client_cell(r, 'rtt')} | {client_cell(r, 'int_latency')} | {runs_cell(r)} |")
+          f"{lat['p99']:.2f} | {lat['p999']:.2f} | {tail_cells(r)}")
 
 
 def bench(*args):
@@ -441,15 +454,12 @@ def main():
       "differences here are run-to-run variation.\n")
     d256 = disk[262144]["chunk_latency_ms"]
     w(f"## Produce latency at a fixed rate (1 KiB, acks=all, linger.ms={LATENCY_LINGER_MS})\n")
-    w("| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | ideal writer p99 / p99.9 ms | broker CPU s/GB | CPU floor s/GB | vs floor | wake-up late p99.9 / max ms | host steal (run / worst 100 ms) | round trip p99 ms (median / worst 1 s) | client queue p99 ms (median / worst 1 s) | p99 / p99.9 ms of each run |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w(f"| share of max | records/s | MB/s | p50 ms | p95 ms | p99 ms | p99.9 ms | {TAIL_HEADER}")
+    w(f"|---:|---:|---:|---:|---:|---:|---:|{TAIL_ALIGN}")
     for share, r in paced.items():
         lat = r["latency_ms"]
         w(f"| {share:.0%} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
-          f"{lat['p95']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
-          f"{ideal_cell(r.get('ideal_latency_ms'))} | {cpu_per_gb(r):.2f} | {r['floor_s_per_gb']:.2f} | {cpu_per_gb(r) / r['floor_s_per_gb']:.2f} | "
-          f"{wakeup_cell(r)} | {steal_cell(r)} | {client_cell(r, 'rtt')} | {client_cell(r, 'int_latency')} | "
-          f"{runs_cell(r)} |")
+          f"{lat['p95']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {tail_cells(r)}")
     w(f"\nEach share was run {LATENCY_REPEATS} times ({10 * scale:g} s each, a fresh topic each time); the row "
       "is the run with the median p99, and the last column gives every run's p99 and p99.9 in the "
       "order they ran: on this VM one stalled second decides a run's tail. Two columns give "

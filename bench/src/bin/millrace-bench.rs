@@ -226,11 +226,11 @@ struct E2eArgs {
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 impl Common {
-    /// Sets `bootstrap.servers`: the default before the caller's properties (`explicit`
-    /// false), `--bootstrap-server` over them when given (`explicit` true).
-    fn set_bootstrap(&self, cfg: &mut ClientConfig, explicit: bool) {
-        if explicit == self.bootstrap_server.is_some() {
-            cfg.set("bootstrap.servers", self.bootstrap());
+    /// Sets `--bootstrap-server`, when given, over the user's properties (as Kafka's tools do);
+    /// without it, what [`Common::config`] set or the properties say stays.
+    fn override_bootstrap(&self, cfg: &mut ClientConfig) {
+        if let Some(bs) = &self.bootstrap_server {
+            cfg.set("bootstrap.servers", bs);
         }
     }
 
@@ -239,7 +239,8 @@ impl Common {
         self.bootstrap_server.as_deref().unwrap_or("127.0.0.1:9092")
     }
 
-    /// A client configuration for tools that take no properties of the user's.
+    /// A client configuration with `bootstrap.servers` set (the user's properties, if any,
+    /// go over it, then [`Common::override_bootstrap`]).
     fn config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", self.bootstrap());
@@ -519,8 +520,7 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
     if payloads.is_empty() {
         return Err("the payload file holds no payloads".into());
     }
-    let mut cfg = ClientConfig::new();
-    a.common.set_bootstrap(&mut cfg, false);
+    let mut cfg = a.common.config();
     cfg.set("acks", "all")
         .set("compression.type", "none")
         .set("enable.idempotence", "false")
@@ -540,7 +540,7 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         cfg.set("compression.type", codec);
     }
     props(&mut cfg, &a.producer_props)?;
-    a.common.set_bootstrap(&mut cfg, true);
+    a.common.override_bootstrap(&mut cfg);
     let stats = Stats::new();
     // Delivery reports are served by the producer's own polling thread, as the Java producer's
     // callbacks run on its I/O thread: a report's latency is then not also the time until the
@@ -617,13 +617,12 @@ fn consumer(
     from_latest: bool,
     tune: impl FnOnce(&mut ClientConfig) -> Result<(), Error>,
 ) -> Result<BaseConsumer, Error> {
-    let mut cfg = ClientConfig::new();
-    common.set_bootstrap(&mut cfg, false);
+    let mut cfg = common.config();
     cfg.set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760");
     tune(&mut cfg)?;
-    common.set_bootstrap(&mut cfg, true);
+    common.override_bootstrap(&mut cfg);
     cfg.set("group.id", group.unwrap_or("millrace-bench-unused"))
         .set("auto.offset.reset", if from_latest { "latest" } else { "earliest" });
     let c: BaseConsumer = cfg.create()?;
@@ -1113,13 +1112,10 @@ fn baseline_wakeup(a: BaselineWakeupArgs) -> Result<(), Error> {
         hist.saturating_record(late.as_micros().max(1) as u64);
     }
     println!(
-        "{{\"wakeups\":{},\"interval_us\":{},\"late_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}}}}",
+        "{{\"wakeups\":{},\"interval_us\":{},\"late_ms\":{}}}",
         hist.len(),
         a.interval_us,
-        ms(hist.value_at_quantile(0.5)),
-        ms(hist.value_at_quantile(0.99)),
-        ms(hist.value_at_quantile(0.999)),
-        ms(hist.max())
+        percentiles_json(&hist)
     );
     Ok(())
 }

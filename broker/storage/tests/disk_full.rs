@@ -12,7 +12,9 @@ use std::process::Command;
 
 use bytes::Bytes;
 use common::*;
-use millrace_storage::{now_ms, DirectIo, Flush, IoEngineChoice, Log, LogConfig, StorageError};
+use millrace_storage::{
+    now_ms, AppendInfo, DirectIo, Flush, IoEngineChoice, Log, LogConfig, StorageError,
+};
 
 struct Mount {
     point: PathBuf,
@@ -52,36 +54,57 @@ fn config() -> LogConfig {
     }
 }
 
-/// Kafka's own flush defaults (never by count or time): only appends made with `Flush::Now`
-/// (what acks=all producers get) are synced.
-fn relaxed() -> LogConfig {
-    LogConfig { flush_messages: i64::MAX, flush_ms: i64::MAX, ..config() }
+/// The flush policy a run appends under.
+#[derive(Clone, Copy, Debug)]
+enum Policy {
+    /// Millrace's default: every append synced by the policy.
+    Default,
+    /// Kafka's own flush defaults (never by count or time): only appends made with
+    /// `Flush::Now` (what acks=all producers get) are synced, so a failure must reach the
+    /// append's sync request as it reaches the policy's syncs.
+    Relaxed,
 }
 
-/// Appends until the disk is full, each waiting for its durability; `relaxed`: under
-/// [`relaxed`], every append made with `Flush::Now`, so a failure must reach the append's sync
-/// request as it reaches the policy's syncs.
+impl Policy {
+    fn open(self, dir: &Path, engine: IoEngineChoice, direct: Option<u64>) -> Log {
+        let io = io(dir, engine);
+        io.set_direct_io(direct.map(DirectIo::with_cache));
+        let cfg = match self {
+            Policy::Default => config(),
+            Policy::Relaxed => {
+                LogConfig { flush_messages: i64::MAX, flush_ms: i64::MAX, ..config() }
+            }
+        };
+        open(dir, cfg, &io)
+    }
+
+    /// Appends `records` as an acks=all produce request does under this policy.
+    fn append(self, log: &Log, records: Vec<u8>) -> Result<AppendInfo, StorageError> {
+        let flush = match self {
+            Policy::Default => Flush::Policy,
+            Policy::Relaxed => Flush::Now,
+        };
+        log.append_bytes(Bytes::from(records), now_ms(), 0, flush)
+    }
+}
+
+/// Appends until the disk is full, each waiting for its durability.
 fn fill_until_full(
     dir: &Path,
     engine: IoEngineChoice,
     direct: Option<u64>,
-    relaxed_policy: bool,
+    policy: Policy,
 ) -> Vec<(i64, i64, Vec<u8>)> {
-    let io = io(dir, engine);
-    io.set_direct_io(direct.map(DirectIo::with_cache));
-    let cfg = if relaxed_policy { relaxed() } else { config() };
-    let log = Log::open(dir.join("t-0"), cfg, io.clone()).unwrap();
+    let log = policy.open(dir, engine, direct);
     let mut acked = Vec::new();
     let mut failure = None;
     for i in 0..10_000u64 {
         let b = batch(i, 16, 1000, 0);
         let before = log.offsets();
-        let appended = if relaxed_policy {
-            log.append_bytes(Bytes::copy_from_slice(&b), now_ms(), 0, Flush::Now)
-        } else {
-            log.append(&b)
-        };
-        match appended.map(|info| (info.base_offset, info.last_offset, info.durable.wait())) {
+        match policy
+            .append(&log, b.clone())
+            .map(|info| (info.base_offset, info.last_offset, info.durable.wait()))
+        {
             Ok((base, last, Ok(()))) => acked.push((base, last, stored(b, base))),
             Ok((_, _, Err(e))) | Err(e) => {
                 // Nothing of the failed append is visible.
@@ -94,17 +117,12 @@ fn fill_until_full(
     }
     let e = failure.expect("the disk never filled up");
     eprintln!(
-        "{engine:?}, direct {direct:?}, relaxed {relaxed_policy}: disk full after {} batches: {e}",
+        "{engine:?}, direct {direct:?}, {policy:?}: disk full after {} batches: {e}",
         acked.len()
     );
     assert!(matches!(e, StorageError::LogDirFailed { .. } | StorageError::Io { .. }), "{e:?}");
     // The directory now refuses writes with a clear error, and still serves reads.
-    let again = if relaxed_policy {
-        log.append_bytes(Bytes::from(batch(1, 1, 10, 0)), now_ms(), 0, Flush::Now)
-    } else {
-        log.append(&batch(1, 1, 10, 0))
-    }
-    .unwrap_err();
+    let again = policy.append(&log, batch(1, 1, 10, 0)).unwrap_err();
     assert!(matches!(again, StorageError::LogDirFailed { .. }), "{again:?}");
     assert_eq!(again.kafka_error_code(), 56);
     let (_, hw, leo) = log.offsets();
@@ -119,12 +137,9 @@ fn full_disk_fails_cleanly_and_loses_nothing_acknowledged() {
     init_tracing();
     // Both engines, through the page cache and with direct I/O, under the default flush policy
     // and under Kafka's (acks=all appends synced on request).
-    let modes = engines().into_iter().flat_map(|e| {
-        [(e, None), (e, Some(256 << 10))]
-            .into_iter()
-            .flat_map(|(e, d)| [(e, d, false), (e, d, true)])
-    });
-    for (engine, direct, relaxed_policy) in modes {
+    let policies = [Policy::Default, Policy::Relaxed];
+    let modes = engines().into_iter().flat_map(|e| [(e, None), (e, Some(256 << 10))]);
+    for (engine, direct, policy) in modes.flat_map(|(e, d)| policies.map(|p| (e, d, p))) {
         let Some(mount) = Mount::new(12) else {
             eprintln!("skipped: cannot loop-mount an ext4 image here (needs root and /dev/loop*)");
             return;
@@ -134,24 +149,16 @@ fn full_disk_fails_cleanly_and_loses_nothing_acknowledged() {
         let ballast = mount.point.join("ballast");
         std::fs::write(&ballast, vec![7u8; 2 << 20]).unwrap();
 
-        let acked = fill_until_full(&dir, engine, direct, relaxed_policy);
+        let acked = fill_until_full(&dir, engine, direct, policy);
         assert!(acked.len() > 50);
 
         // Free space, restart: everything acknowledged is there and appends continue.
         std::fs::remove_file(&ballast).unwrap();
-        let io = io(&dir, engine);
-        io.set_direct_io(direct.map(DirectIo::with_cache));
-        let cfg = if relaxed_policy { relaxed() } else { config() };
-        let log = Log::open(dir.join("t-0"), cfg, io.clone()).unwrap();
+        let log = policy.open(&dir, engine, direct);
         let all = read_all(&log);
         assert!(all.len() >= acked.len());
         assert_eq!(all[..acked.len()], acked[..]);
-        let info = if relaxed_policy {
-            log.append_bytes(Bytes::from(batch(99, 3, 100, 0)), now_ms(), 0, Flush::Now)
-        } else {
-            log.append(&batch(99, 3, 100, 0))
-        }
-        .unwrap();
+        let info = policy.append(&log, batch(99, 3, 100, 0)).unwrap();
         info.durable.wait().unwrap();
         log.close().unwrap();
     }
