@@ -1,8 +1,8 @@
 //! The perf tools against the real broker: `produce` with Kafka's options (a payload file with
-//! its delimiter, a producer properties file, `--producer-props` over both, `--print-metrics`),
-//! `consume` with
-//! Kafka's output columns and `--from-latest`, `e2e-latency`; each figure checked against what
-//! was sent.
+//! its delimiter, a producer properties file, `--producer-props` over both, `--print-metrics`,
+//! `--payload-monotonic`, `--warmup-records`), `consume` with Kafka's output columns,
+//! `--from-latest` and `--print-metrics`, `e2e-latency`; each figure checked against what was
+//! sent.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -234,6 +234,105 @@ fn perf_tools_take_kafkas_options_and_count_right() {
     ]);
     assert_eq!(field(&json, "records"), 200.0);
     assert!(field(&json, "p99") >= field(&json, "p50"));
+
+    broker.stop();
+}
+
+/// Kafka's `--payload-monotonic` (each value its record's number) and `--warmup-records` (a
+/// second summary line for the records after the warm-up), read back with a plain consumer;
+/// `consume --print-metrics`.
+#[test]
+fn produce_numbers_its_records_and_reports_the_steady_state() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"));
+    let bs = broker.bootstrap();
+    let produce = |topic: &str, extra: &[&str]| {
+        let mut args = vec!["produce", "--bootstrap-server", &bs, "--topic", topic];
+        args.extend_from_slice(&["--num-records", "3000", "--throughput", "20000"]);
+        args.extend_from_slice(extra);
+        bench(&args)
+    };
+
+    let out = produce("numbers", &["--payload-monotonic", "--warmup-records", "1000"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Warmup first 1000 records. Steady state results will print after the complete test summary."
+    );
+    let (all, steady) = (lines[lines.len() - 2], lines[lines.len() - 1]);
+    assert!(all.starts_with("3000 records sent, ") && all.ends_with("ms 99.9th."), "{text}");
+    assert!(steady.starts_with("2000 steady state records sent, "), "{text}");
+    assert!(steady.ends_with("ms 99.9th."), "{text}");
+
+    // Every value is its record's number, each once (10×1 + 90×2 + 900×3 + 2000×4 bytes).
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("group.id", "unused")
+        // Nothing to commit at close (which would wait for a group coordinator).
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some("numbers"), Duration::from_secs(10)).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset("numbers", p.id(), rdkafka::Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut values = std::collections::BTreeSet::new();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while values.len() < 3000 && std::time::Instant::now() < until {
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let v = std::str::from_utf8(m.payload().unwrap()).unwrap();
+            assert!(values.insert(v.parse::<u64>().unwrap()), "{v} twice");
+        }
+    }
+    assert_eq!(values, (0..3000).collect(), "the values are the numbers 0..3000");
+
+    // consume --print-metrics: librdkafka's view, its fetches' round trip and its lag.
+    let json = ok(&[
+        "consume",
+        "--bootstrap-server",
+        &bs,
+        "--topic",
+        "numbers",
+        "--num-records",
+        "3000",
+        "--print-metrics",
+        "--json",
+    ]);
+    assert_eq!(field(&json, "records"), 3000.0, "{json}");
+    assert!(json.contains(",\"client\":{\"rtt_ms\":{\"count\":"), "{json}");
+    let lag = field(&json, "consumer_lag_max");
+    assert!((0.0..=3000.0).contains(&lag), "{json}");
+
+    // The same in --json: the steady state is its own object.
+    let out =
+        produce("numbers-json", &["--record-size", "100", "--warmup-records", "500", "--json"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{json}");
+    assert_eq!(field(&json, "records"), 3000.0, "{json}");
+    let steady = &json[json.find("\"steady_state\":").expect("steady_state") + 15..];
+    assert_eq!(field(steady, "records"), 2500.0, "{json}");
+    assert!(field(steady, "mb_per_sec") > 0.0, "{json}");
+
+    // Exactly one payload option; a warm-up shorter than the run.
+    for bad in [
+        &["--payload-monotonic", "--record-size", "10"][..],
+        &[][..],
+        &["--record-size", "10", "--warmup-records", "3000"][..],
+    ] {
+        let out = produce("refused", bad);
+        assert!(!out.status.success(), "{bad:?} accepted");
+    }
+    let out = produce("refused", &["--record-size", "10", "--warmup-records", "3000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--warmup-records must be less than --num-records"), "{err}");
 
     broker.stop();
 }

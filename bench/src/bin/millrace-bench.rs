@@ -13,6 +13,7 @@
 //! in Kafka's tools, "MB" is 2^20 bytes; in `--json`, 10^6 bytes.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,7 +23,7 @@ use hdrhistogram::Histogram;
 use millrace_bench::perf_tool::{self, DateFormat, DateTime, Window, WindowSeries};
 use millrace_bench::{create_file, AlignedBuf, DIRECT_BLOCK};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{
@@ -123,17 +124,32 @@ struct Common {
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("payload")
+        .required(true)
+        .args(["record_size", "payload_file", "payload_monotonic"])
+))]
 struct ProduceArgs {
     #[command(flatten)]
     common: Common,
     #[arg(long)]
     num_records: u64,
-    #[arg(long, required_unless_present = "payload_file", conflicts_with = "payload_file")]
+    /// The first this many records warm up: after the run's summary line comes one for the
+    /// records after them, the steady state (Kafka 4.1's `--warmup-records`, KIP-1052).
+    #[arg(long, default_value_t = 0)]
+    warmup_records: u64,
+    /// Every record's value: this many random uppercase letters (one of `--record-size`,
+    /// `--payload-file` and `--payload-monotonic`).
+    #[arg(long)]
     record_size: Option<usize>,
     /// Payloads separated by `--payload-delimiter`, sent in turn (Kafka's tool picks them at
     /// random).
     #[arg(long)]
     payload_file: Option<std::path::PathBuf>,
+    /// Every record's value is its number in the run, in decimal: "0", "1", ... (as Kafka's
+    /// tool).
+    #[arg(long)]
+    payload_monotonic: bool,
     /// What separates the payloads of `--payload-file`; `\n`, `\r`, `\t` and `\\` stand for
     /// those characters.
     #[arg(long, default_value = "\\n")]
@@ -207,6 +223,14 @@ struct ConsumeArgs {
     /// No header line.
     #[arg(long)]
     hide_header: bool,
+    /// At the end, librdkafka's view of the run from its 1 s statistics windows
+    /// (`statistics.interval.ms`): the requests' round trip to the broker (`rtt`; for a
+    /// consumer mostly its fetches, including the broker's wait for data up to
+    /// `fetch.wait.max.ms`), requests in its send queue (`outbuf_latency`), the batches
+    /// fetched (per partition and fetch), and the largest lag behind a partition's end that
+    /// it reported.
+    #[arg(long)]
+    print_metrics: bool,
 }
 
 #[derive(Debug, Args)]
@@ -293,13 +317,34 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// Acknowledged records and their latencies, over the whole run or its steady state.
+#[derive(Debug)]
+struct Tally {
+    hist: Mutex<Histogram<u64>>,
+    acked: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally { hist: Mutex::new(histogram()), acked: AtomicU64::new(0), bytes: AtomicU64::new(0) }
+    }
+
+    fn record(&self, us: u64, len: usize) {
+        let _ = self.hist.lock().map(|mut h| h.saturating_record(us));
+        self.acked.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+}
+
 /// Latency bookkeeping shared with the delivery callback.
 #[derive(Debug)]
 struct Stats {
-    hist: Mutex<Histogram<u64>>,
+    all: Tally,
+    /// The records after `--warmup-records`.
+    steady: Tally,
+    /// Latencies since the last progress line.
     window: Mutex<Histogram<u64>>,
-    acked: AtomicU64,
-    acked_bytes: AtomicU64,
     errors: AtomicU64,
     /// librdkafka's statistics windows (`--print-metrics`), and how many arrived.
     client: Mutex<ClientMetrics>,
@@ -315,15 +360,16 @@ struct ClientMetrics {
     outbuf_latency: WindowSeries,
     batch_bytes: WindowSeries,
     batch_records: WindowSeries,
+    /// The largest `consumer_lag_stored` of any partition in any window (a consumer's).
+    consumer_lag_max: Option<i64>,
 }
 
 impl Stats {
     fn new() -> Arc<Stats> {
         Arc::new(Stats {
-            hist: Mutex::new(histogram()),
+            all: Tally::new(),
+            steady: Tally::new(),
             window: Mutex::new(histogram()),
-            acked: AtomicU64::new(0),
-            acked_bytes: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             client: Mutex::new(ClientMetrics::default()),
             windows: AtomicU64::new(0),
@@ -332,6 +378,8 @@ impl Stats {
 }
 
 struct Ctx(Arc<Stats>);
+
+impl ConsumerContext for Ctx {}
 
 fn window(w: &rdkafka::statistics::Window) -> Window {
     Window { cnt: w.cnt, avg: w.avg, p99: w.p99, max: w.max }
@@ -355,6 +403,13 @@ impl ClientContext for Ctx {
             for t in s.topics.values() {
                 m.batch_bytes.add(window(&t.batchsize));
                 m.batch_records.add(window(&t.batchcnt));
+                // Behind the end, from the offset stored for the records the application took
+                // (`consumer_lag` counts from the committed offset, and the tool commits none);
+                // -1 where unknown (a producer's partitions, a consumer's before its first record).
+                let lags = t.partitions.values().map(|p| p.consumer_lag_stored);
+                for lag in lags.filter(|&l| l >= 0) {
+                    m.consumer_lag_max = m.consumer_lag_max.max(Some(lag));
+                }
             }
         }
         self.0.windows.fetch_add(1, Ordering::Relaxed);
@@ -394,6 +449,12 @@ fn client_metrics(m: &ClientMetrics, json: bool) -> String {
             format!("batches: {}, avg {:.0} bytes, {:.1} records", b.count, b.avg, r.avg)
         });
     }
+    if let Some(lag) = m.consumer_lag_max {
+        out.push(match json {
+            true => format!("\"consumer_lag_max\":{lag}"),
+            false => format!("consumer lag: at most {lag} records behind a partition's end"),
+        });
+    }
     if json {
         format!("{{{}}}", out.join(","))
     } else {
@@ -401,17 +462,50 @@ fn client_metrics(m: &ClientMetrics, json: bool) -> String {
     }
 }
 
+/// `statistics.interval.ms` as configured (1000 if it is not: `--print-metrics` sets it).
+fn statistics_interval(cfg: &ClientConfig) -> u64 {
+    cfg.get("statistics.interval.ms").and_then(|v| v.parse().ok()).unwrap_or(1000)
+}
+
+/// Waits for the statistics window in progress at the end of a run (it closes one interval
+/// after the end at the latest), calling `serve` (which waits up to 10 ms, serving the
+/// client's events where the caller must poll for them), then gives `--print-metrics`' lines
+/// or JSON object.
+fn final_client_metrics(
+    stats: &Stats,
+    interval: u64,
+    json: bool,
+    serve: impl Fn(),
+) -> Result<String, Error> {
+    let seen = stats.windows.load(Ordering::Relaxed);
+    let until = Instant::now() + Duration::from_millis(interval + 500);
+    while stats.windows.load(Ordering::Relaxed) == seen && Instant::now() < until {
+        serve();
+    }
+    let m = stats.client.lock().map_err(|_| "poisoned")?;
+    Ok(client_metrics(&m, json))
+}
+
+/// A record's delivery opaque: when it was handed to the client, its length, and whether it
+/// is past the warm-up.
+#[derive(Debug)]
+struct Sent {
+    at: Instant,
+    len: usize,
+    steady: bool,
+}
+
 impl ProducerContext for Ctx {
-    type DeliveryOpaque = Box<(Instant, usize)>;
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
-        let (sent, len) = *opaque;
+    type DeliveryOpaque = Box<Sent>;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
         match result {
             Ok(_) => {
-                let us = sent.elapsed().as_micros().max(1) as u64;
-                let _ = self.0.hist.lock().map(|mut h| h.saturating_record(us));
+                let us = sent.at.elapsed().as_micros().max(1) as u64;
+                self.0.all.record(us, sent.len);
+                if sent.steady {
+                    self.0.steady.record(us, sent.len);
+                }
                 let _ = self.0.window.lock().map(|mut h| h.saturating_record(us));
-                self.0.acked.fetch_add(1, Ordering::Relaxed);
-                self.0.acked_bytes.fetch_add(len as u64, Ordering::Relaxed);
             }
             Err((e, _)) => {
                 if self.0.errors.fetch_add(1, Ordering::Relaxed) < 5 {
@@ -422,19 +516,20 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// A record as the tools send it: no key, the send time and length as its delivery opaque.
-type Record<'a> = BaseRecord<'a, [u8], [u8], Box<(Instant, usize)>>;
+/// A record as the tools send it: no key, a [`Sent`] as its delivery opaque.
+type Record<'a> = BaseRecord<'a, [u8], [u8], Box<Sent>>;
 
 /// Sends one record with `try_send` (a `BaseProducer`'s or a `ThreadedProducer`'s `send`),
 /// calling `wait` while the client's queue is full; any other error is returned (a record that
-/// can never be sent must not be retried forever).
+/// can never be sent must not be retried forever). `steady`: it counts to the steady state.
 fn send<'a>(
     try_send: impl Fn(Record<'a>) -> Result<(), Box<(KafkaError, Record<'a>)>>,
     wait: impl Fn(),
     topic: &'a str,
     payload: &'a [u8],
+    steady: bool,
 ) -> Result<(), KafkaError> {
-    let mut opaque = Box::new((Instant::now(), payload.len()));
+    let mut opaque = Box::new(Sent { at: Instant::now(), len: payload.len(), steady });
     loop {
         let rec = BaseRecord::with_opaque_to(topic, opaque).payload(payload).key(&[] as &[u8]);
         match try_send(rec).map_err(|e| *e) {
@@ -448,17 +543,28 @@ fn send<'a>(
     }
 }
 
+/// What `produce` sends as values.
+enum Payloads {
+    /// These, in turn.
+    InTurn(Vec<Vec<u8>>),
+    /// Each record's number in the run, in decimal.
+    Monotonic,
+}
+
 /// The sending loop of `produce`: every record, at `--throughput` records/s when given, with a
-/// progress line every 5 s (delivery reports are polled elsewhere).
+/// progress line every 5 s (delivery reports are polled elsewhere). Returns when the first
+/// record after the warm-up was sent, if there is a warm-up.
 fn send_all(
     a: &ProduceArgs,
-    payloads: &[Vec<u8>],
+    payloads: &Payloads,
     producer: &ThreadedProducer<Ctx>,
     stats: &Stats,
     start: Instant,
-) -> Result<(), Error> {
+) -> Result<Option<Instant>, Error> {
     let mut last_report = start;
     let (mut window_records, mut window_bytes) = (0u64, 0u64);
+    let mut steady_since = None;
+    let mut number = String::new();
     for i in 0..a.num_records {
         if a.throughput > 0 {
             let due = start + Duration::from_secs_f64(i as f64 / a.throughput as f64);
@@ -466,9 +572,20 @@ fn send_all(
                 std::thread::sleep(wait);
             }
         }
-        let payload = &payloads[(i % payloads.len() as u64) as usize];
+        let payload = match payloads {
+            Payloads::InTurn(p) => &p[(i % p.len() as u64) as usize][..],
+            Payloads::Monotonic => {
+                number.clear();
+                let _ = write!(number, "{i}");
+                number.as_bytes()
+            }
+        };
+        let steady = a.warmup_records > 0 && i >= a.warmup_records;
+        if steady && steady_since.is_none() {
+            steady_since = Some(Instant::now());
+        }
         let wait = || producer.poll(Duration::from_millis(5));
-        send(|r| producer.send(r).map_err(Box::new), wait, &a.common.topic, payload)?;
+        send(|r| producer.send(r).map_err(Box::new), wait, &a.common.topic, payload, steady)?;
         window_records += 1;
         window_bytes += payload.len() as u64;
         if last_report.elapsed() >= Duration::from_secs(5) && !a.common.json {
@@ -486,11 +603,60 @@ fn send_all(
             last_report = Instant::now();
         }
     }
-    Ok(())
+    Ok(steady_since)
+}
+
+/// `produce`'s final figures for the records of a [`Tally`] over `secs`.
+struct Summary {
+    records: u64,
+    secs: f64,
+    bytes: u64,
+    avg: f64,
+    max: f64,
+    /// p50, p95, p99, p99.9.
+    pct: [f64; 4],
+}
+
+impl Summary {
+    fn of(t: &Tally, secs: f64) -> Result<Summary, Error> {
+        let h = t.hist.lock().map_err(|_| "poisoned")?;
+        let q = |x: f64| ms(h.value_at_quantile(x));
+        Ok(Summary {
+            records: t.acked.load(Ordering::Relaxed),
+            secs,
+            bytes: t.bytes.load(Ordering::Relaxed),
+            avg: h.mean() / 1000.0,
+            max: ms(h.max()),
+            pct: [q(0.5), q(0.95), q(0.99), q(0.999)],
+        })
+    }
+
+    /// Kafka's final line; `what` goes after the count (" steady state").
+    fn line(&self, what: &str) -> String {
+        let (n, rate, mib) =
+            (self.records, self.records as f64 / self.secs, self.bytes as f64 / self.secs / MIB);
+        let (avg, max, [p50, p95, p99, p999]) = (self.avg, self.max, self.pct);
+        format!(
+            "{n}{what} records sent, {rate:.6} records/sec ({mib:.2} MB/sec), {avg:.2} ms avg latency, {max:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th."
+        )
+    }
+
+    /// The figures as JSON fields (no braces).
+    fn json(&self) -> String {
+        let (n, secs) = (self.records, self.secs);
+        let (rate, mb) = (n as f64 / secs, self.bytes as f64 / secs / 1e6);
+        let (avg, max, [p50, p95, p99, p999]) = (self.avg, self.max, self.pct);
+        format!(
+            "\"records\":{n},\"seconds\":{secs:.3},\"records_per_sec\":{rate:.1},\"mb_per_sec\":{mb:.3},\"latency_ms\":{{\"avg\":{avg:.3},\"max\":{max:.3},\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3}}}"
+        )
+    }
 }
 
 fn produce(a: ProduceArgs) -> Result<(), Error> {
-    let payloads: Vec<Vec<u8>> = match (&a.payload_file, a.record_size) {
+    if a.warmup_records >= a.num_records && a.warmup_records > 0 {
+        return Err("--warmup-records must be less than --num-records".into());
+    }
+    let payloads = match (&a.payload_file, a.record_size) {
         (Some(p), _) => {
             let data = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
             let delimiter = perf_tool::unescape_delimiter(&a.payload_delimiter);
@@ -500,26 +666,27 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
                 println!("Reading payloads from: {}", shown.display());
                 println!("Number of messages read: {}", payloads.len());
             }
-            payloads
+            if payloads.is_empty() {
+                return Err("the payload file holds no payloads".into());
+            }
+            Payloads::InTurn(payloads)
         }
         // As kafka-producer-perf-test: one payload of random uppercase letters, sent as every
         // record's value (fixed seed, so runs compare).
         (None, Some(n)) => {
             let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-            vec![(0..n)
+            Payloads::InTurn(vec![(0..n)
                 .map(|_| {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
                     b'A' + (x % 26) as u8
                 })
-                .collect()]
+                .collect()])
         }
-        (None, None) => return Err("--record-size or --payload-file is required".into()),
+        // clap requires exactly one of the three.
+        (None, None) => Payloads::Monotonic,
     };
-    if payloads.is_empty() {
-        return Err("the payload file holds no payloads".into());
-    }
     let mut cfg = a.common.config();
     cfg.set("acks", "all")
         .set("compression.type", "none")
@@ -557,46 +724,45 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         // Unknown topic with auto-creation off, and the like: say so rather than time out.
         return Err(format!("topic {}: {:?}", a.common.topic, RDKafkaErrorCode::from(e)).into());
     }
+    if a.warmup_records > 0 && !a.common.json {
+        println!(
+            "Warmup first {} records. Steady state results will print after the complete test summary.",
+            a.warmup_records
+        );
+    }
     let start = Instant::now();
-    send_all(&a, &payloads, &producer, &stats, start)?;
+    let steady_since = send_all(&a, &payloads, &producer, &stats, start)?;
     producer.flush(Duration::from_secs(120))?;
     let secs = start.elapsed().as_secs_f64();
-    if a.print_metrics {
-        // The last window closes one statistics interval after the run's end at the latest.
-        let interval: u64 =
-            cfg.get("statistics.interval.ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
-        let seen = stats.windows.load(Ordering::Relaxed);
-        let until = Instant::now() + Duration::from_millis(interval + 500);
-        while stats.windows.load(Ordering::Relaxed) == seen && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    let steady = match steady_since {
+        Some(t) => Some(Summary::of(&stats.steady, t.elapsed().as_secs_f64())?),
+        None => None,
+    };
     let client = match a.print_metrics {
-        true => Some(client_metrics(&*stats.client.lock().map_err(|_| "poisoned")?, a.common.json)),
+        true => {
+            // The producer's own thread serves its statistics.
+            let sleep = || std::thread::sleep(Duration::from_millis(10));
+            Some(final_client_metrics(&stats, statistics_interval(&cfg), a.common.json, sleep)?)
+        }
         false => None,
     };
-    let h = stats.hist.lock().map_err(|_| "poisoned")?;
-    let n = stats.acked.load(Ordering::Relaxed);
-    let bytes = stats.acked_bytes.load(Ordering::Relaxed);
+    let all = Summary::of(&stats.all, secs)?;
     let errors = stats.errors.load(Ordering::Relaxed);
-    let (p50, p95, p99, p999) = (
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.95)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.value_at_quantile(0.999)),
-    );
-    let (rate, avg, max) = (n as f64 / secs, h.mean() / 1000.0, ms(h.max()));
     if a.common.json {
-        let client = client.map(|c| format!(",\"client\":{c}")).unwrap_or_default();
-        let mb_per_sec = bytes as f64 / secs / 1e6;
+        let steady = steady.map(|s| format!(",\"steady_state\":{{{}}}", s.json()));
+        let client = client.map(|c| format!(",\"client\":{c}"));
         println!(
-            "{{\"records\":{n},\"errors\":{errors},\"seconds\":{secs:.3},\"records_per_sec\":{rate:.1},\"mb_per_sec\":{mb_per_sec:.3},\"latency_ms\":{{\"avg\":{avg:.3},\"max\":{max:.3},\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3}}}{client}}}"
+            "{{{},\"errors\":{errors}{}{}}}",
+            all.json(),
+            steady.unwrap_or_default(),
+            client.unwrap_or_default()
         );
     } else {
-        let mib_per_sec = bytes as f64 / secs / MIB;
-        println!(
-            "{n} records sent, {rate:.6} records/sec ({mib_per_sec:.2} MB/sec), {avg:.2} ms avg latency, {max:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th."
-        );
+        // As Kafka's tool: the whole run, then the steady state, then the metrics.
+        println!("{}", all.line(""));
+        if let Some(s) = steady {
+            println!("{}", s.line(" steady state"));
+        }
         if let Some(c) = client {
             println!("{c}");
         }
@@ -611,12 +777,13 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
 /// the beginning (or the end, `from_latest`). `tune` sets the caller's properties over the
 /// defaults; `--bootstrap-server`, the group and the start then go over those, as Kafka's
 /// consumer tool sets its options over its properties.
-fn consumer(
+fn consumer<C: ConsumerContext>(
     common: &Common,
     group: Option<&str>,
     from_latest: bool,
+    context: C,
     tune: impl FnOnce(&mut ClientConfig) -> Result<(), Error>,
-) -> Result<BaseConsumer, Error> {
+) -> Result<BaseConsumer<C>, Error> {
     let mut cfg = common.config();
     cfg.set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "52428800")
@@ -625,7 +792,7 @@ fn consumer(
     common.override_bootstrap(&mut cfg);
     cfg.set("group.id", group.unwrap_or("millrace-bench-unused"))
         .set("auto.offset.reset", if from_latest { "latest" } else { "earliest" });
-    let c: BaseConsumer = cfg.create()?;
+    let c: BaseConsumer<C> = cfg.create_with_context(context)?;
     match group {
         Some(_) => c.subscribe(&[&common.topic])?,
         None => {
@@ -700,7 +867,12 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
     }
     let start_wall = SystemTime::now();
     let start = Instant::now();
-    let c = consumer(&a.common, a.group.as_deref(), a.from_latest, |cfg| {
+    let stats = Stats::new();
+    let mut stats_interval = 1000;
+    let c = consumer(&a.common, a.group.as_deref(), a.from_latest, Ctx(stats.clone()), |cfg| {
+        if a.print_metrics {
+            cfg.set("statistics.interval.ms", "1000");
+        }
         config_file(cfg, a.consumer_config.as_deref())?;
         props(cfg, &a.consumer_props)?;
         // The options go over the properties, as in Kafka's tool.
@@ -708,6 +880,7 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
         if let Some(n) = a.socket_buffer_size {
             cfg.set("socket.receive.buffer.bytes", n.to_string());
         }
+        stats_interval = statistics_interval(cfg);
         Ok(())
     })?;
     // Until the group assigns partitions (at once without a group): Kafka's rebalance time.
@@ -758,9 +931,19 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
         );
     }
     let mb = bytes as f64 / 1e6;
+    let client = match a.print_metrics {
+        true => {
+            // A consumer's statistics arrive through its poll; records after the last counted
+            // one are left uncounted.
+            let serve = || drop(c.poll(Duration::from_millis(10)));
+            Some(final_client_metrics(&stats, stats_interval, a.common.json, serve)?)
+        }
+        false => None,
+    };
     if a.common.json {
+        let client = client.as_ref().map(|c| format!(",\"client\":{c}")).unwrap_or_default();
         println!(
-            "{{\"records\":{n},\"mb\":{mb:.3},\"seconds\":{secs:.3},\"mb_per_sec\":{:.3},\"records_per_sec\":{:.1},\"first_record_ms\":{first_ms:.1}}}",
+            "{{\"records\":{n},\"mb\":{mb:.3},\"seconds\":{secs:.3},\"mb_per_sec\":{:.3},\"records_per_sec\":{:.1},\"first_record_ms\":{first_ms:.1}{client}}}",
             mb / secs,
             n as f64 / secs
         );
@@ -773,6 +956,9 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
             date.format(&local_time(start_wall)),
             date.format(&local_time(start_wall + elapsed))
         );
+    }
+    if let Some(c) = client.filter(|_| human) {
+        println!("{c}");
     }
     if n < a.messages {
         return Err(format!("only {n} of {} records arrived", a.messages).into());
@@ -791,7 +977,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
         let p: BaseProducer = a.common.config().create()?;
         p.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
     }
-    let c = consumer(&a.common, None, false, |cfg| {
+    let c = consumer(&a.common, None, false, DefaultConsumerContext, |cfg| {
         cfg.set("fetch.wait.max.ms", "5").set("fetch.min.bytes", "1");
         Ok(())
     })?;
@@ -807,7 +993,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     let mut payload = vec![b'x'; a.record_size.max(16)];
     payload[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
     let poll_wait = || producer.poll(Duration::from_millis(5));
-    send(|r| producer.send(r).map_err(Box::new), poll_wait, &a.common.topic, &payload)?;
+    send(|r| producer.send(r).map_err(Box::new), poll_wait, &a.common.topic, &payload, false)?;
     producer.flush(Duration::from_secs(10))?;
     let warm_until = Instant::now() + Duration::from_secs(10);
     loop {
@@ -831,7 +1017,13 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
             let scheduled = start_us + next * interval_us;
             payload[..8].copy_from_slice(&scheduled.to_be_bytes());
             payload[8..16].copy_from_slice(&next.to_be_bytes());
-            send(|r| producer.send(r).map_err(Box::new), poll_wait, &a.common.topic, &payload)?;
+            send(
+                |r| producer.send(r).map_err(Box::new),
+                poll_wait,
+                &a.common.topic,
+                &payload,
+                false,
+            )?;
             next += 1;
         }
         producer.poll(Duration::ZERO);
