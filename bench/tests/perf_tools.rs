@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use millrace_e2e::Broker;
+use serde_json::Value;
 
 fn bench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_millrace-bench"))
@@ -30,12 +31,16 @@ fn ok(args: &[&str]) -> String {
     stdout
 }
 
-/// The number after `"key":` in a `--json` line.
-fn field(json: &str, key: &str) -> f64 {
-    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}"));
-    let rest = &json[at + key.len() + 3..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    rest[..end].parse().unwrap_or_else(|e| panic!("{key} in {json}: {e}"))
+/// The object of a `--json` run's last line (the tool writes it by hand: this also checks that
+/// it is JSON).
+fn parse(out: &str) -> Value {
+    let line = out.trim().lines().last().unwrap_or_else(|| panic!("no output"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// The number at `path` ("a.b.c") in `v`.
+fn num(v: &Value, path: &str) -> f64 {
+    path.split('.').fold(v, |v, k| &v[k]).as_f64().unwrap_or_else(|| panic!("{path} in {v}"))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -102,11 +107,11 @@ fn perf_tools_take_kafkas_options_and_count_right() {
         "--print-metrics",
         "--json",
     ]);
-    assert!(json.contains("\"rtt_ms\":{\"count\":"), "{json}");
-    let in_batches = field(&json, "batches") * field(&json, "batch_records_avg");
-    assert!((in_batches - 2000.0).abs() < 200.0, "{json}");
-    let queued = &json[json.find("\"int_latency_ms\"").expect("int_latency") + 16..];
-    assert_eq!(field(queued, "count"), 2000.0, "{json}");
+    let v = parse(&json);
+    assert!(num(&v, "client.rtt_ms.count") > 0.0, "{v}");
+    let in_batches = num(&v, "client.batches") * num(&v, "client.batch_records_avg");
+    assert!((in_batches - 2000.0).abs() < 200.0, "{v}");
+    assert_eq!(num(&v, "client.int_latency_ms.count"), 2000.0, "{v}");
 
     // Kafka's consumer columns (MB = 2^20 bytes); the 1000 records carry the four payloads in
     // turn.
@@ -166,8 +171,9 @@ fn perf_tools_take_kafkas_options_and_count_right() {
         "4096",
         "--json",
     ]);
-    assert_eq!(field(&json, "records"), 1000.0);
-    assert_eq!(field(&json, "mb"), (bytes as f64 / 1e6 * 1000.0).round() / 1000.0);
+    let v = parse(&json);
+    assert_eq!(num(&v, "records"), 1000.0);
+    assert_eq!(num(&v, "mb"), (bytes as f64 / 1e6 * 1000.0).round() / 1000.0);
 
     // --from-latest sees only what is produced after it started: 100-byte records, produced 50
     // at a time until it has its 50 (however long it takes to find the end).
@@ -198,8 +204,9 @@ fn perf_tools_take_kafkas_options_and_count_right() {
     let out = late.wait_with_output().unwrap();
     let json = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{json}");
-    assert_eq!(field(&json, "records"), 50.0);
-    assert_eq!(field(&json, "mb"), 0.005, "only the 50 new 100-byte records: {json}");
+    let v = parse(&json);
+    assert_eq!(num(&v, "records"), 50.0);
+    assert_eq!(num(&v, "mb"), 0.005, "only the 50 new 100-byte records: {v}");
 
     // Too few records: Kafka's warning, the figures, and a failed exit.
     let all = 1000 + sent;
@@ -232,8 +239,9 @@ fn perf_tools_take_kafkas_options_and_count_right() {
         "1",
         "--json",
     ]);
-    assert_eq!(field(&json, "records"), 200.0);
-    assert!(field(&json, "p99") >= field(&json, "p50"));
+    let v = parse(&json);
+    assert_eq!(num(&v, "records"), 200.0);
+    assert!(num(&v, "latency_ms.p99") >= num(&v, "latency_ms.p50"));
 
     broker.stop();
 }
@@ -306,20 +314,22 @@ fn produce_numbers_its_records_and_reports_the_steady_state() {
         "--print-metrics",
         "--json",
     ]);
-    assert_eq!(field(&json, "records"), 3000.0, "{json}");
-    assert!(json.contains(",\"client\":{\"rtt_ms\":{\"count\":"), "{json}");
-    let lag = field(&json, "consumer_lag_max");
-    assert!((0.0..=3000.0).contains(&lag), "{json}");
+    let v = parse(&json);
+    assert_eq!(num(&v, "records"), 3000.0, "{v}");
+    assert!(num(&v, "client.rtt_ms.count") > 0.0, "{v}");
+    let lag = num(&v, "client.consumer_lag_max");
+    assert!((0.0..=3000.0).contains(&lag), "{v}");
 
     // The same in --json: the steady state is its own object.
     let out =
         produce("numbers-json", &["--record-size", "100", "--warmup-records", "500", "--json"]);
     let json = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{json}");
-    assert_eq!(field(&json, "records"), 3000.0, "{json}");
-    let steady = &json[json.find("\"steady_state\":").expect("steady_state") + 15..];
-    assert_eq!(field(steady, "records"), 2500.0, "{json}");
-    assert!(field(steady, "mb_per_sec") > 0.0, "{json}");
+    let v = parse(&json);
+    assert_eq!(num(&v, "records"), 3000.0, "{v}");
+    assert_eq!(num(&v, "steady_state.records"), 2500.0, "{v}");
+    assert!(num(&v, "steady_state.mb_per_sec") > 0.0, "{v}");
+    assert!(num(&v, "steady_state.latency_ms.p99") > 0.0, "{v}");
 
     // Exactly one payload option; a warm-up shorter than the run.
     for bad in [
@@ -359,18 +369,16 @@ fn paced_disk_baseline_keeps_the_rate_and_counts_every_request() {
         "--record-size",
         "1024",
     ]);
-    let line = out.lines().last().expect("a line");
-    assert_eq!(field(line, "requests"), 31.0, "{line}");
-    let writes = field(line, "writes");
-    assert!((1.0..=31.0).contains(&writes), "{line}");
-    assert!((field(line, "interval_ms") - 3.277).abs() < 0.01, "{line}");
+    let v = parse(&out);
+    assert_eq!(num(&v, "requests"), 31.0, "{v}");
+    let writes = num(&v, "writes");
+    assert!((1.0..=31.0).contains(&writes), "{v}");
+    assert!((num(&v, "interval_ms") - 3.277).abs() < 0.01, "{v}");
     // Paced, not as fast as the disk goes: 31 × 64 KiB at 20 MB/s take ≈ 0.1 s.
-    let mb_per_sec = field(line, "mb_per_sec");
-    assert!(mb_per_sec > 5.0 && mb_per_sec < 21.0, "{line}");
-    let request = &line[line.find("\"request_latency_ms\"").expect("request latency")..];
-    let record = &line[line.find("\"record_latency_ms\"").expect("record latency")..];
+    let mb_per_sec = num(&v, "mb_per_sec");
+    assert!(mb_per_sec > 5.0 && mb_per_sec < 21.0, "{v}");
     // A record waited at least part of the linger on top of its request's latency.
-    assert!(field(record, "p50") > field(request, "p50"), "{line}");
+    assert!(num(&v, "record_latency_ms.p50") > num(&v, "request_latency_ms.p50"), "{v}");
     // Nothing is left behind in the directory.
     assert_eq!(std::fs::read_dir(dir.path()).expect("read dir").count(), 0);
     // Refused without a sync per request, or with a rate that is not positive.
