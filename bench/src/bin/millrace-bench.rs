@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -346,9 +346,10 @@ struct Stats {
     /// Latencies since the last progress line.
     window: Mutex<Histogram<u64>>,
     errors: AtomicU64,
-    /// librdkafka's statistics windows (`--print-metrics`), and how many arrived.
+    /// librdkafka's statistics windows (`--print-metrics`), and when the last one closed, on
+    /// librdkafka's clock (`CLOCK_MONOTONIC`, microseconds).
     client: Mutex<ClientMetrics>,
-    windows: AtomicU64,
+    last_window_us: AtomicI64,
 }
 
 /// librdkafka's statistics over a run (`--print-metrics`): the real brokers' windows (not the
@@ -372,7 +373,7 @@ impl Stats {
             window: Mutex::new(histogram()),
             errors: AtomicU64::new(0),
             client: Mutex::new(ClientMetrics::default()),
-            windows: AtomicU64::new(0),
+            last_window_us: AtomicI64::new(0),
         })
     }
 }
@@ -412,7 +413,7 @@ impl ClientContext for Ctx {
                 }
             }
         }
-        self.0.windows.fetch_add(1, Ordering::Relaxed);
+        self.0.last_window_us.store(s.ts, Ordering::Relaxed);
     }
 }
 
@@ -467,19 +468,30 @@ fn statistics_interval(cfg: &ClientConfig) -> u64 {
     cfg.get("statistics.interval.ms").and_then(|v| v.parse().ok()).unwrap_or(1000)
 }
 
+/// `CLOCK_MONOTONIC` in microseconds, librdkafka's clock (its statistics' `ts`).
+fn monotonic_us() -> i64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes only into `t`, which lives for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    // time_t and c_long are i64 here, i32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let (secs, nanos) = (i64::from(t.tv_sec), i64::from(t.tv_nsec));
+    secs * 1_000_000 + nanos / 1000
+}
+
 /// Waits for the statistics window in progress at the end of a run (it closes one interval
-/// after the end at the latest), calling `serve` (which waits up to 10 ms, serving the
-/// client's events where the caller must poll for them), then gives `--print-metrics`' lines
-/// or JSON object.
+/// after the end at the latest; one that closed before the end and is delivered late does not
+/// count), calling `serve` (which waits up to 10 ms, serving the client's events where the
+/// caller must poll for them), then gives `--print-metrics`' lines or JSON object.
 fn final_client_metrics(
     stats: &Stats,
     interval: u64,
     json: bool,
     serve: impl Fn(),
 ) -> Result<String, Error> {
-    let seen = stats.windows.load(Ordering::Relaxed);
+    let end = monotonic_us();
     let until = Instant::now() + Duration::from_millis(interval + 500);
-    while stats.windows.load(Ordering::Relaxed) == seen && Instant::now() < until {
+    while stats.last_window_us.load(Ordering::Relaxed) < end && Instant::now() < until {
         serve();
     }
     let m = stats.client.lock().map_err(|_| "poisoned")?;
@@ -610,6 +622,8 @@ fn send_all(
 struct Summary {
     records: u64,
     secs: f64,
+    /// Records per second.
+    rate: f64,
     bytes: u64,
     avg: f64,
     max: f64,
@@ -621,9 +635,11 @@ impl Summary {
     fn of(t: &Tally, secs: f64) -> Result<Summary, Error> {
         let h = t.hist.lock().map_err(|_| "poisoned")?;
         let q = |x: f64| ms(h.value_at_quantile(x));
+        let records = t.acked.load(Ordering::Relaxed);
         Ok(Summary {
-            records: t.acked.load(Ordering::Relaxed),
+            records,
             secs,
+            rate: records as f64 / secs,
             bytes: t.bytes.load(Ordering::Relaxed),
             avg: h.mean() / 1000.0,
             max: ms(h.max()),
@@ -633,8 +649,7 @@ impl Summary {
 
     /// Kafka's final line; `what` goes after the count (" steady state").
     fn line(&self, what: &str) -> String {
-        let (n, rate, mib) =
-            (self.records, self.records as f64 / self.secs, self.bytes as f64 / self.secs / MIB);
+        let (n, rate, mib) = (self.records, self.rate, self.bytes as f64 / self.secs / MIB);
         let (avg, max, [p50, p95, p99, p999]) = (self.avg, self.max, self.pct);
         format!(
             "{n}{what} records sent, {rate:.6} records/sec ({mib:.2} MB/sec), {avg:.2} ms avg latency, {max:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th."
@@ -643,8 +658,8 @@ impl Summary {
 
     /// The figures as JSON fields (no braces).
     fn json(&self) -> String {
-        let (n, secs) = (self.records, self.secs);
-        let (rate, mb) = (n as f64 / secs, self.bytes as f64 / secs / 1e6);
+        let (n, secs, rate) = (self.records, self.secs, self.rate);
+        let mb = self.bytes as f64 / secs / 1e6;
         let (avg, max, [p50, p95, p99, p999]) = (self.avg, self.max, self.pct);
         format!(
             "\"records\":{n},\"seconds\":{secs:.3},\"records_per_sec\":{rate:.1},\"mb_per_sec\":{mb:.3},\"latency_ms\":{{\"avg\":{avg:.3},\"max\":{max:.3},\"p50\":{p50:.3},\"p95\":{p95:.3},\"p99\":{p99:.3},\"p999\":{p999:.3}}}"
@@ -657,6 +672,8 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
         return Err("--warmup-records must be less than --num-records".into());
     }
     let payloads = match (&a.payload_file, a.record_size) {
+        // clap takes exactly one of the three.
+        _ if a.payload_monotonic => Payloads::Monotonic,
         (Some(p), _) => {
             let data = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
             let delimiter = perf_tool::unescape_delimiter(&a.payload_delimiter);
@@ -684,8 +701,9 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
                 })
                 .collect()])
         }
-        // clap requires exactly one of the three.
-        (None, None) => Payloads::Monotonic,
+        (None, None) => {
+            return Err("one of --record-size, --payload-file, --payload-monotonic is needed".into())
+        }
     };
     let mut cfg = a.common.config();
     cfg.set("acks", "all")
@@ -933,8 +951,9 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
     let mb = bytes as f64 / 1e6;
     let client = match a.print_metrics {
         true => {
-            // A consumer's statistics arrive through its poll; records after the last counted
-            // one are left uncounted.
+            // A consumer's statistics arrive through its poll. Paused, it fetches nothing more,
+            // so the last window holds the run's fetches only.
+            c.pause(&c.assignment()?)?;
             let serve = || drop(c.poll(Duration::from_millis(10)));
             Some(final_client_metrics(&stats, stats_interval, a.common.json, serve)?)
         }
