@@ -35,6 +35,13 @@ pub(crate) struct ServeArgs {
     /// backlog, unaccepted, until one closes (as Kafka's acceptor does).
     #[arg(long, env = "MILLRACE_MAX_CONNECTIONS", default_value_t = i32::MAX as usize)]
     pub(crate) max_connections: usize,
+    /// Threads serving the client connections: reading, decoding, validating and appending
+    /// requests, writing the answers (Kafka's `num.network.threads` and `num.io.threads` in
+    /// one pool; each log directory's writes and fsyncs have a thread of their own). Default:
+    /// the number of CPUs. Fewer than the CPUs leaves the log's thread a core of its own:
+    /// docs/performance.md has the trade-off measured on 2 cores.
+    #[arg(long, env = "MILLRACE_NUM_NETWORK_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) num_network_threads: Option<u16>,
     /// Requests a connection may have in progress before reading pauses.
     #[arg(long, env = "MILLRACE_REQUESTS_IN_FLIGHT_MAX", default_value_t = 64)]
     pub(crate) requests_in_flight_max: usize,
@@ -90,6 +97,14 @@ impl ServeArgs {
             retention_bytes: self.log_retention_bytes,
             max_message_bytes: self.message_max_bytes,
             ..LogConfig::default()
+        }
+    }
+
+    /// `--num-network-threads`, or the number of CPUs this process may run on.
+    pub(crate) fn network_threads(&self) -> usize {
+        match self.num_network_threads {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 

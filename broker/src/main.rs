@@ -106,6 +106,7 @@ fn serve(args: config::ServeArgs) -> std::process::ExitCode {
             "vm.overcommit_memory=2: a request with a huge element count could abort the broker"
         );
     }
+    let threads = args.network_threads();
     let broker = match state::Broker::open(args) {
         Ok(b) => Arc::new(b),
         Err(e) => {
@@ -113,7 +114,11 @@ fn serve(args: config::ServeArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");

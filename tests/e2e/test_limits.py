@@ -1,12 +1,14 @@
 """Resource limits that bound the broker's memory by configuration rather than by traffic:
 `max.connections` (connections beyond it wait unaccepted, as Kafka's acceptor does) and the
-buffer a request's length word alone can reserve."""
+buffer a request's length word alone can reserve; and the size of the network thread pool."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
+import confluent_kafka as ck
 from confluent_kafka.admin import ConfigResource, ResourceType
 
 import kafka_raw as kr
@@ -52,6 +54,39 @@ def test_max_connections_is_described(broker_factory):
     configs = admin.describe_configs([res])[res].result(timeout=10)
     assert configs["max.connections"].value == "50"
     assert configs["max.connections"].is_read_only
+    # By default one network thread per CPU the broker may run on.
+    assert configs["num.network.threads"].value == str(len(os.sched_getaffinity(0)))
+
+
+def test_num_network_threads_sizes_the_pool(broker_factory):
+    """`--num-network-threads 1`: the broker runs one tokio worker (counted in /proc), says so
+    through DescribeConfigs, and serves several clients at once on it."""
+    broker = broker_factory(extra_args=["--num-network-threads", "1"])
+    names = [open(f"/proc/{broker.pid}/task/{t}/comm").read().strip()
+             for t in os.listdir(f"/proc/{broker.pid}/task")]
+    assert names.count("tokio-rt-worker") == 1, names  # no blocking task has run yet
+    admin = ck_admin(broker.bootstrap)
+    res = ConfigResource(ResourceType.BROKER, "1")
+    configs = admin.describe_configs([res])[res].result(timeout=10)
+    assert configs["num.network.threads"].value == "1"
+    producers = [ck.Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+                 for _ in range(3)]
+    for i, p in enumerate(producers):
+        for j in range(100):
+            p.produce("one-worker", value=f"{i}-{j}".encode())
+    for p in producers:
+        assert p.flush(10) == 0
+    c = ck.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused",
+                     "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c.assign([ck.TopicPartition("one-worker", 0, 0)])
+    seen = set()
+    deadline = time.time() + 20
+    while len(seen) < 300 and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            seen.add(m.value())
+    c.close()
+    assert len(seen) == 300
 
 
 def test_frames_up_to_2mib_reserve_no_resident_memory(broker):

@@ -72,7 +72,7 @@ pub(super) fn handle(
                 } else {
                     let a = &broker.args;
                     let (host, port) = a.advertised();
-                    let items: [(&str, String, i8); 10] = [
+                    let items: [(&str, String, i8); 11] = [
                         ("node.id", a.node_id.to_string(), 3),
                         ("listeners", format!("PLAINTEXT://{}", a.listen), 2),
                         ("advertised.listeners", format!("PLAINTEXT://{host}:{port}"), 2),
@@ -81,6 +81,7 @@ pub(super) fn handle(
                         ("auto.create.topics.enable", a.auto_create_topics_enable.to_string(), 1),
                         ("socket.request.max.bytes", a.socket_request_max_bytes.to_string(), 3),
                         ("max.connections", a.max_connections.to_string(), 3),
+                        ("num.network.threads", a.network_threads().to_string(), 3),
                         ("log.retention.ms", a.log_retention_ms.to_string(), 5),
                         ("message.max.bytes", a.message_max_bytes.to_string(), 3),
                     ];
