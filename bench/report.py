@@ -209,13 +209,15 @@ def tail_cells(r):
             f"{runs_cell(r)} |")
 
 
-def mode_table(w, label, default, unthrottled, paced):
+def mode_table(w, label, default, unthrottled, paced, more=()):
     """The table of a broker mode: the default broker's unthrottled run, the mode's, and the
-    mode's fixed-rate runs."""
+    mode's fixed-rate runs, then `more` (label, paced runs at the same rates)."""
     w(f"| broker | rate | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | {TAIL_HEADER}")
     w(f"|---|---|---:|---:|---:|---:|---:|{TAIL_ALIGN}")
     for name, rate, r in [("default", "unthrottled", default), (label, "unthrottled", unthrottled),
-                          *[(label, f"{s:.0%} of max", paced[s]) for s in LATENCY_SHARES]]:
+                          *[(label, f"{s:.0%} of max", paced[s]) for s in LATENCY_SHARES],
+                          *[(other, f"{s:.0%} of {label}'s max", runs[s])
+                            for other, runs in more for s in LATENCY_SHARES]]:
         lat = r["latency_ms"]
         w(f"| {name} | {rate} | {r['records_per_sec']:.0f} | {r['mb_per_sec']:.1f} | {lat['p50']:.2f} | "
           f"{lat['p99']:.2f} | {lat['p999']:.2f} | {tail_cells(r)}")
@@ -240,20 +242,23 @@ def targets_table(w, modes, cons, idle_rss):
     w("| target | broker | this run | floor at the same moment | within |")
     w("|---|---|---:|---:|---|")
     for name, top, _ in modes:
+        if top is None:
+            continue
         cpu = top["broker_cpu_s"] / top["gb"]
         w(f"| CPU per GB produced ≤ {TARGET_PRODUCE_CPU} s (1 KiB, acks=all, unthrottled) | {name} | "
           f"{cpu:.2f} | {top['floor_s_per_gb']:.2f} | {yes(cpu <= TARGET_PRODUCE_CPU)} |")
     cpu = cons["broker_cpu_s"] / cons["gb"]
     w(f"| CPU per GB consumed ≤ {TARGET_CONSUME_CPU} s (from the page cache) | default | {cpu:.3f} | "
       f"{cons['floor_s_per_gb']:.3f} | {yes(cpu <= TARGET_CONSUME_CPU)} |")
-    for name, _, paced in modes:
+    for name, top, paced in modes:
         r = paced[0.5]
         runs = r["runs"]
         ok = sum(within_latency(p99, p999) for p99, p999, _ in runs)
         ideal = sum(1 for _, _, i in runs if i and within_latency(i["p99"], i["p999"]))
         cells = ", ".join(f"{p99:.2f} / {p999:.2f}" for p99, p999, _ in runs)
         ideals = ", ".join(ideal_cell(i) for _, _, i in runs)
-        w(f"| p99 ≤ {TARGET_P99_MS:g} ms, p99.9 ≤ {TARGET_P999_MS:g} ms at 50% of the maximum "
+        of = "the maximum" if top is not None else "the direct broker's maximum"
+        w(f"| p99 ≤ {TARGET_P99_MS:g} ms, p99.9 ≤ {TARGET_P999_MS:g} ms at 50% of {of} "
           f"({r['records_per_sec']:.0f} records/s) | {name} | {cells} | {ideals} (ideal writer; "
           f"{ideal} of {len(runs)} within) | {ok} of {len(runs)} runs |")
     w(f"| idle resident memory ≤ {TARGET_IDLE_MB} MB | default | {idle_rss:.0f} MB | – | "
@@ -426,6 +431,12 @@ def main():
             direct_rss = rss_mb(dpid)  # before the consumer maps segment pages
             settle(drop_caches=True)
             dcons = consume(dpid, dbs, "d-1024-all", n)
+        # Its fixed-rate runs again at the same rates, with one network thread instead of one
+        # per CPU (client and broker share the cores here; docs/performance.md).
+        with running_broker("millrace-bench-direct1-", "--log-direct-io",
+                            "--num-network-threads", "1") as (d1data, d1bs, d1pid):
+            d1paced = paced_runs("d1", direct["records_per_sec"],
+                                 on=(d1data, d1bs, d1pid, ["--direct"]))
 
     def cpu_per_gb(r):
         return r["broker_cpu_s"] / r["gb"]
@@ -451,14 +462,16 @@ def main():
     produce_floor = disk[mib]["cpu_s_per_gb"] + tcp["recv_cpu_s_per_gb"]
     w("## Issue 4's targets in this run\n")
     targets_table(w, [("default", results[(1024, "all", "none")], paced),
-                      ("page-cache window", windowed, wpaced), ("direct I/O", direct, dpaced)],
+                      ("page-cache window", windowed, wpaced), ("direct I/O", direct, dpaced),
+                      ("direct I/O, 1 network thread", None, d1paced)],
                   cons, idle_rss)
     w("\nEach figure is this run's, beside what the kernel alone costs for the same work at the "
       "same moment (the floors below; for latency, the ideal writer of each fixed-rate run's "
       "bytes, measured right after it). Where a floor is above its target, no broker could "
       "meet that target on this machine at that moment. The latency row gives each of the "
-      f"{LATENCY_REPEATS} runs at 50% of that broker's own maximum, p99 / p99.9 in ms, in the "
-      "order they ran. The page-cache window and direct I/O are off by default; the sections "
+      f"{LATENCY_REPEATS} runs at 50% of that broker's own maximum (with one network thread, "
+      "of the direct broker's), p99 / p99.9 in ms, in the order they ran. The page-cache window, "
+      "direct I/O and one network thread are off by default; the sections "
       "below have every figure.\n")
     w("Baselines (same run):\n")
     w("| baseline | MB/s | CPU s/GB | p50 ms | p99 ms | p99.9 ms |")
@@ -553,8 +566,13 @@ def main():
       "(appends are copied there), bypassing the page cache; consumers within the newest 8 MiB of a "
       "partition read from that memory, older data from the disk (`docs/design/storage.md`, "
       "\"Direct I/O\"). The floor of these rows writes with `O_DIRECT` too (`baseline-disk --direct`). "
-      f"The first row is the default broker's run above ({unwindowed['gb']:.1f} GB).\n")
-    mode_table(w, "direct", unwindowed, direct, dpaced)
+      f"The first row is the default broker's run above ({unwindowed['gb']:.1f} GB). The last "
+      "rows are the direct broker's fixed-rate runs again, at the same rates, on a broker with "
+      "`--num-network-threads 1` (one tokio worker instead of one per CPU), started after the "
+      "direct broker's runs (so minutes later, and with a fresh data directory: compare them "
+      "with the ideal writer of each run; `docs/performance.md` has alternating pairs).\n")
+    mode_table(w, "direct", unwindowed, direct, dpaced,
+               [("direct, 1 network thread", d1paced)])
     w(f"\nConsuming that topic from the beginning ({dcons['gb']:.1f} GB, page cache dropped first, so "
       f"from the disk): {dcons['records_per_sec']:.0f} records/s, {dcons['mb_per_sec']:.1f} MB/s, broker CPU "
       f"{cpu_per_gb(dcons):.3f} s/GB ({cpu_per_gb(dcons) / consume_floor:.2f} × the consume floor, which "

@@ -38,10 +38,15 @@ pub(crate) struct ServeArgs {
     /// Threads serving the client connections: reading, decoding, validating and appending
     /// requests, writing the answers (Kafka's `num.network.threads` and `num.io.threads` in
     /// one pool; each log directory's writes and fsyncs have a thread of their own). Default:
-    /// the number of CPUs. Fewer than the CPUs leaves the log's thread a core of its own:
-    /// docs/performance.md has the trade-off measured on 2 cores.
-    #[arg(long, env = "MILLRACE_NUM_NETWORK_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    /// the number of CPUs (tokio's `TOKIO_WORKER_THREADS` is not read). Fewer than the CPUs
+    /// leaves room on a core for the log's I/O thread (and, on a shared host, the clients):
+    /// docs/performance.md has the trade-off measured on 2 cores. At most 1024.
+    #[arg(long, env = "MILLRACE_NUM_NETWORK_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) num_network_threads: Option<u16>,
+    /// The pool's size as started: `--num-network-threads` or the CPUs counted once at start
+    /// (set by `serve`; what DescribeConfigs reports).
+    #[arg(skip)]
+    pub(crate) network_threads_started: usize,
     /// Requests a connection may have in progress before reading pauses.
     #[arg(long, env = "MILLRACE_REQUESTS_IN_FLIGHT_MAX", default_value_t = 64)]
     pub(crate) requests_in_flight_max: usize,
@@ -100,7 +105,8 @@ impl ServeArgs {
         }
     }
 
-    /// `--num-network-threads`, or the number of CPUs this process may run on.
+    /// `--num-network-threads`, or the number of CPUs this process may run on (its affinity and
+    /// CPU quota, read now).
     pub(crate) fn network_threads(&self) -> usize {
         match self.num_network_threads {
             Some(n) => usize::from(n),

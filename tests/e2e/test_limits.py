@@ -9,10 +9,10 @@ import socket
 import time
 
 import confluent_kafka as ck
-from confluent_kafka.admin import ConfigResource, ResourceType
+from confluent_kafka.admin import ConfigResource, ConfigSource, ResourceType
 
 import kafka_raw as kr
-from helpers import ck_admin, rss_kib
+from helpers import ck_admin, ck_consumer, rss_kib
 
 
 def test_max_connections_holds_new_connections_until_one_closes(broker_factory):
@@ -54,31 +54,44 @@ def test_max_connections_is_described(broker_factory):
     configs = admin.describe_configs([res])[res].result(timeout=10)
     assert configs["max.connections"].value == "50"
     assert configs["max.connections"].is_read_only
-    # By default one network thread per CPU the broker may run on.
-    assert configs["num.network.threads"].value == str(len(os.sched_getaffinity(0)))
+    # By default one network thread per CPU, as many as the broker runs.
+    threads = configs["num.network.threads"]
+    assert threads.value == str(worker_threads(broker.pid))
+    assert threads.source == ConfigSource.DEFAULT_CONFIG.value
 
 
-def test_num_network_threads_sizes_the_pool(broker_factory):
-    """`--num-network-threads 1`: the broker runs one tokio worker (counted in /proc), says so
-    through DescribeConfigs, and serves several clients at once on it."""
-    broker = broker_factory(extra_args=["--num-network-threads", "1"])
-    names = [open(f"/proc/{broker.pid}/task/{t}/comm").read().strip()
-             for t in os.listdir(f"/proc/{broker.pid}/task")]
-    assert names.count("tokio-rt-worker") == 1, names  # no blocking task has run yet
+def worker_threads(pid: int) -> int:
+    """The broker's tokio worker threads: all of them start with the runtime, and no blocking
+    task (named the same) runs before the first retention check or the shutdown."""
+    tasks = f"/proc/{pid}/task"
+    names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)]
+    return names.count("tokio-rt-worker")
+
+
+def test_num_network_threads_sizes_the_pool(broker_factory, topic_name):
+    """`--num-network-threads N` (N one more than the CPUs, so that ignoring it shows): the
+    broker runs N tokio workers, says so through DescribeConfigs, and serves clients; then one
+    thread serving three producers and a consumer at once."""
+    n = len(os.sched_getaffinity(0)) + 1
+    broker = broker_factory(extra_args=["--num-network-threads", str(n)])
     admin = ck_admin(broker.bootstrap)
     res = ConfigResource(ResourceType.BROKER, "1")
     configs = admin.describe_configs([res])[res].result(timeout=10)
-    assert configs["num.network.threads"].value == "1"
+    assert configs["num.network.threads"].value == str(n)
+    assert configs["num.network.threads"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    assert worker_threads(broker.pid) == n
+
+    broker = broker_factory(extra_args=["--num-network-threads", "1"])
     producers = [ck.Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
                  for _ in range(3)]
     for i, p in enumerate(producers):
         for j in range(100):
-            p.produce("one-worker", value=f"{i}-{j}".encode())
+            p.produce(topic_name, value=f"{i}-{j}".encode())
     for p in producers:
         assert p.flush(10) == 0
-    c = ck.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused",
-                     "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    c.assign([ck.TopicPartition("one-worker", 0, 0)])
+    assert worker_threads(broker.pid) == 1
+    c = ck_consumer(broker.bootstrap)
+    c.assign([ck.TopicPartition(topic_name, 0, 0)])
     seen = set()
     deadline = time.time() + 20
     while len(seen) < 300 and time.time() < deadline:

@@ -81,12 +81,20 @@ pub(super) fn handle(
                         ("auto.create.topics.enable", a.auto_create_topics_enable.to_string(), 1),
                         ("socket.request.max.bytes", a.socket_request_max_bytes.to_string(), 3),
                         ("max.connections", a.max_connections.to_string(), 3),
-                        ("num.network.threads", a.network_threads().to_string(), 3),
+                        ("num.network.threads", a.network_threads_started.to_string(), 3),
                         ("log.retention.ms", a.log_retention_ms.to_string(), 5),
                         ("message.max.bytes", a.message_max_bytes.to_string(), 3),
                     ];
                     for (k, v, ty) in items.into_iter().filter(|(k, _, _)| wanted(k)) {
-                        let mut c = entry(k, v, STATIC_BROKER_CONFIG, ty, "");
+                        // The thread count's default depends on the machine: say when it is
+                        // the default, as Kafka does for an unset config.
+                        let source = match k {
+                            "num.network.threads" if a.num_network_threads.is_none() => {
+                                DEFAULT_CONFIG
+                            }
+                            _ => STATIC_BROKER_CONFIG,
+                        };
+                        let mut c = entry(k, v, source, ty, "");
                         c.read_only = true; // static: IncrementalAlterConfigs refuses them
                         out.configs.push(c);
                     }
