@@ -1,7 +1,7 @@
 //! The perf tools against the real broker: `produce` with Kafka's options (a payload file with
 //! its delimiter, a producer properties file, `--producer-props` over both, `--print-metrics`,
 //! `--payload-monotonic`, `--warmup-records`), `consume` with Kafka's output columns,
-//! `--from-latest` and `--print-metrics`, `e2e-latency`; each figure checked against what was
+//! `--from-latest`, `--print-metrics` and `--include`, `e2e-latency`; each figure checked against what was
 //! sent.
 
 use std::path::Path;
@@ -248,7 +248,7 @@ fn perf_tools_take_kafkas_options_and_count_right() {
 
 /// Kafka's `--payload-monotonic` (each value its record's number) and `--warmup-records` (a
 /// second summary line for the records after the warm-up), read back with a plain consumer;
-/// `consume --print-metrics`.
+/// `consume --print-metrics` and `--include`.
 #[test]
 fn produce_numbers_its_records_and_reports_the_steady_state() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -338,6 +338,23 @@ fn produce_numbers_its_records_and_reports_the_steady_state() {
     // before 25 ms into the run.
     let warm_up = num(&v, "seconds") - num(&v, "steady_state.seconds");
     assert!(warm_up >= 0.024, "{v}");
+
+    // consume --include: every topic whose whole name the pattern matches (both 3000-record
+    // topics), none for a pattern matching only part of a name.
+    let include = |pattern: &str, extra: &[&str]| {
+        let args = ["consume", "--bootstrap-server", &bs, "--include", pattern, "--json"];
+        bench(&[&args[..], extra].concat())
+    };
+    let out = include("numbers.*", &["--num-records", "6000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(num(&parse(&String::from_utf8_lossy(&out.stdout)), "records"), 6000.0);
+    let out = include("number", &["--num-records", "1", "--timeout", "1000"]);
+    assert!(!out.status.success());
+    assert_eq!(num(&parse(&String::from_utf8_lossy(&out.stdout)), "records"), 0.0);
+    let out = include("numbers(", &["--num-records", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--include"), "a bad pattern is named");
+    let out = include("numbers", &["--num-records", "1", "--topic", "numbers"]);
+    assert_eq!(out.status.code(), Some(2), "--topic and --include together");
 
     // Exactly one payload option (clap's usage error); a warm-up shorter than the run.
     for bad in [&["--payload-monotonic", "--record-size", "10"][..], &[][..]] {

@@ -116,8 +116,6 @@ struct Common {
     /// or property, as with Kafka's tools.
     #[arg(long)]
     bootstrap_server: Option<String>,
-    #[arg(long)]
-    topic: String,
     /// Print one JSON object at the end instead of the human lines.
     #[arg(long)]
     json: bool,
@@ -132,6 +130,8 @@ struct Common {
 struct ProduceArgs {
     #[command(flatten)]
     common: Common,
+    #[arg(long)]
+    topic: String,
     #[arg(long)]
     num_records: u64,
     /// The first this many records warm up: after the run's summary line comes one for the
@@ -180,9 +180,17 @@ struct ProduceArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("topics").required(true).args(["topic", "include"])))]
 struct ConsumeArgs {
     #[command(flatten)]
     common: Common,
+    /// The topic to consume (one of `--topic` and `--include`).
+    #[arg(long)]
+    topic: Option<String>,
+    /// A regular expression: every topic whose whole name it matches (Kafka 4.2's
+    /// `--include`; without `--group`, the topics that exist when the tool starts).
+    #[arg(long)]
+    include: Option<String>,
     /// Stop after this many records (Kafka's tool: `--num-records`, before 4.2 `--messages`).
     #[arg(long = "num-records", visible_alias = "messages")]
     messages: u64,
@@ -237,6 +245,8 @@ struct ConsumeArgs {
 struct E2eArgs {
     #[command(flatten)]
     common: Common,
+    #[arg(long)]
+    topic: String,
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
     #[arg(long, default_value_t = 10)]
@@ -597,7 +607,7 @@ fn send_all(
             steady_since = Some(Instant::now());
         }
         let wait = || producer.poll(Duration::from_millis(5));
-        send(|r| producer.send(r).map_err(Box::new), wait, &a.common.topic, payload, steady)?;
+        send(|r| producer.send(r).map_err(Box::new), wait, &a.topic, payload, steady)?;
         window_records += 1;
         window_bytes += payload.len() as u64;
         if last_report.elapsed() >= Duration::from_secs(5) && !a.common.json {
@@ -737,10 +747,10 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
     // librdkafka's send() does not block, so without this the records of the first tens of
     // milliseconds would queue behind the topic's creation, and at 100k records/s they are the
     // slowest 0.3%: the p99.9 of a 10 s run would measure the start, not the steady state.
-    let md = producer.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
+    let md = producer.client().fetch_metadata(Some(&a.topic), Duration::from_secs(10))?;
     if let Some(e) = md.topics().iter().find_map(|t| t.error()) {
         // Unknown topic with auto-creation off, and the like: say so rather than time out.
-        return Err(format!("topic {}: {:?}", a.common.topic, RDKafkaErrorCode::from(e)).into());
+        return Err(format!("topic {}: {:?}", a.topic, RDKafkaErrorCode::from(e)).into());
     }
     if a.warmup_records > 0 && !a.common.json {
         println!(
@@ -791,12 +801,36 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// A consumer of `common.topic`: through `group` when given, else assigned every partition from
-/// the beginning (or the end, `from_latest`). `tune` sets the caller's properties over the
-/// defaults; `--bootstrap-server`, the group and the start then go over those, as Kafka's
+/// What a consumer reads: one topic, or every topic whose whole name a regular expression
+/// matches (`--include`).
+enum Topics {
+    Named(String),
+    Matching { pattern: String, regex: regex::Regex },
+}
+
+impl Topics {
+    /// `--topic` or `--include` (clap takes exactly one).
+    fn of(topic: Option<&str>, include: Option<&str>) -> Result<Topics, Error> {
+        match (topic, include) {
+            (Some(t), _) => Ok(Topics::Named(t.to_string())),
+            (None, Some(p)) => {
+                // The whole name must match, as Java's `Pattern.matches`.
+                let regex = regex::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| format!("--include {p:?}: {e}"))?;
+                Ok(Topics::Matching { pattern: p.to_string(), regex })
+            }
+            (None, None) => Err("one of --topic and --include is needed".into()),
+        }
+    }
+}
+
+/// A consumer of `topics`: through `group` when given, else assigned every partition of them
+/// from the beginning (or the end, `from_latest`). `tune` sets the caller's properties over
+/// the defaults; `--bootstrap-server`, the group and the start then go over those, as Kafka's
 /// consumer tool sets its options over its properties.
 fn consumer<C: ConsumerContext>(
     common: &Common,
+    topics: &Topics,
     group: Option<&str>,
     from_latest: bool,
     context: C,
@@ -811,15 +845,26 @@ fn consumer<C: ConsumerContext>(
     cfg.set("group.id", group.unwrap_or("millrace-bench-unused"))
         .set("auto.offset.reset", if from_latest { "latest" } else { "earliest" });
     let c: BaseConsumer<C> = cfg.create_with_context(context)?;
-    match group {
-        Some(_) => c.subscribe(&[&common.topic])?,
-        None => {
-            let md = c.fetch_metadata(Some(&common.topic), Duration::from_secs(10))?;
+    match (group, topics) {
+        (Some(_), Topics::Named(t)) => c.subscribe(&[t])?,
+        // librdkafka takes a subscription starting with `^` as a regular expression.
+        (Some(_), Topics::Matching { pattern, .. }) => c.subscribe(&[&format!("^({pattern})$")])?,
+        (None, _) => {
+            let named = match topics {
+                Topics::Named(t) => Some(t.as_str()),
+                Topics::Matching { .. } => None,
+            };
+            let md = c.fetch_metadata(named, Duration::from_secs(10))?;
             let mut tpl = TopicPartitionList::new();
             let at = if from_latest { Offset::End } else { Offset::Beginning };
             for t in md.topics() {
+                if let Topics::Matching { regex, .. } = topics {
+                    if !regex.is_match(t.name()) {
+                        continue;
+                    }
+                }
                 for p in t.partitions() {
-                    tpl.add_partition_offset(&common.topic, p.id(), at)?;
+                    tpl.add_partition_offset(t.name(), p.id(), at)?;
                 }
             }
             c.assign(&tpl)?;
@@ -887,20 +932,28 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
     let start = Instant::now();
     let stats = Stats::new();
     let mut stats_interval = 1000;
-    let c = consumer(&a.common, a.group.as_deref(), a.from_latest, Ctx(stats.clone()), |cfg| {
-        if a.print_metrics {
-            cfg.set("statistics.interval.ms", "1000");
-        }
-        config_file(cfg, a.consumer_config.as_deref())?;
-        props(cfg, &a.consumer_props)?;
-        // The options go over the properties, as in Kafka's tool.
-        cfg.set("max.partition.fetch.bytes", a.fetch_size.to_string());
-        if let Some(n) = a.socket_buffer_size {
-            cfg.set("socket.receive.buffer.bytes", n.to_string());
-        }
-        stats_interval = statistics_interval(cfg);
-        Ok(())
-    })?;
+    let topics = Topics::of(a.topic.as_deref(), a.include.as_deref())?;
+    let c = consumer(
+        &a.common,
+        &topics,
+        a.group.as_deref(),
+        a.from_latest,
+        Ctx(stats.clone()),
+        |cfg| {
+            if a.print_metrics {
+                cfg.set("statistics.interval.ms", "1000");
+            }
+            config_file(cfg, a.consumer_config.as_deref())?;
+            props(cfg, &a.consumer_props)?;
+            // The options go over the properties, as in Kafka's tool.
+            cfg.set("max.partition.fetch.bytes", a.fetch_size.to_string());
+            if let Some(n) = a.socket_buffer_size {
+                cfg.set("socket.receive.buffer.bytes", n.to_string());
+            }
+            stats_interval = statistics_interval(cfg);
+            Ok(())
+        },
+    )?;
     // Until the group assigns partitions (at once without a group): Kafka's rebalance time.
     let mut join_ms = if a.group.is_none() { Some(0) } else { None };
     let mut first: Option<Duration> = None;
@@ -994,9 +1047,10 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     // (librdkafka consumers ask not to).
     {
         let p: BaseProducer = a.common.config().create()?;
-        p.client().fetch_metadata(Some(&a.common.topic), Duration::from_secs(10))?;
+        p.client().fetch_metadata(Some(&a.topic), Duration::from_secs(10))?;
     }
-    let c = consumer(&a.common, None, false, DefaultConsumerContext, |cfg| {
+    let topics = Topics::Named(a.topic.clone());
+    let c = consumer(&a.common, &topics, None, false, DefaultConsumerContext, |cfg| {
         cfg.set("fetch.wait.max.ms", "5").set("fetch.min.bytes", "1");
         Ok(())
     })?;
@@ -1012,7 +1066,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
     let mut payload = vec![b'x'; a.record_size.max(16)];
     payload[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
     let poll_wait = || producer.poll(Duration::from_millis(5));
-    send(|r| producer.send(r).map_err(Box::new), poll_wait, &a.common.topic, &payload, false)?;
+    send(|r| producer.send(r).map_err(Box::new), poll_wait, &a.topic, &payload, false)?;
     producer.flush(Duration::from_secs(10))?;
     let warm_until = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1036,13 +1090,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
             let scheduled = start_us + next * interval_us;
             payload[..8].copy_from_slice(&scheduled.to_be_bytes());
             payload[8..16].copy_from_slice(&next.to_be_bytes());
-            send(
-                |r| producer.send(r).map_err(Box::new),
-                poll_wait,
-                &a.common.topic,
-                &payload,
-                false,
-            )?;
+            send(|r| producer.send(r).map_err(Box::new), poll_wait, &a.topic, &payload, false)?;
             next += 1;
         }
         producer.poll(Duration::ZERO);
