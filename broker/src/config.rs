@@ -38,9 +38,9 @@ pub(crate) struct ServeArgs {
     /// Threads serving the client connections: reading, decoding, validating and appending
     /// requests, writing the answers (Kafka's `num.network.threads` and `num.io.threads` in
     /// one pool; each log directory's writes and fsyncs have a thread of their own). Default:
-    /// the number of CPUs (tokio's `TOKIO_WORKER_THREADS` is not read). Fewer than the CPUs
-    /// leaves room on a core for the log's I/O thread (and, on a shared host, the clients):
-    /// docs/performance.md has the trade-off measured on 2 cores. At most 1024.
+    /// one fewer than the CPUs, at least 1, which leaves room on a core for the log's I/O
+    /// thread (docs/design/protocol.md, "Decisions"; tokio's `TOKIO_WORKER_THREADS` is not
+    /// read). At most 1024.
     #[arg(long, env = "MILLRACE_NUM_NETWORK_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) num_network_threads: Option<u16>,
     /// The pool's size as started: `--num-network-threads` or the CPUs counted once at start
@@ -105,12 +105,12 @@ impl ServeArgs {
         }
     }
 
-    /// `--num-network-threads`, or the number of CPUs this process may run on (its affinity and
-    /// CPU quota, read now).
+    /// `--num-network-threads`, or one fewer than the CPUs this process may run on (its
+    /// affinity and CPU quota, read now), at least 1.
     pub(crate) fn network_threads(&self) -> usize {
         match self.num_network_threads {
             Some(n) => usize::from(n),
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()).max(2) - 1,
         }
     }
 

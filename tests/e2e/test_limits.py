@@ -54,9 +54,11 @@ def test_max_connections_is_described(broker_factory):
     configs = admin.describe_configs([res])[res].result(timeout=10)
     assert configs["max.connections"].value == "50"
     assert configs["max.connections"].is_read_only
-    # By default one network thread per CPU, as many as the broker runs.
+    # By default one network thread fewer than the CPUs (at least one), as many as it runs.
     threads = configs["num.network.threads"]
     assert threads.value == str(worker_threads(broker.pid))
+    # (A CPU quota, which the affinity does not show, can only lower it.)
+    assert 1 <= int(threads.value) <= max(len(os.sched_getaffinity(0)) - 1, 1)
     assert threads.source == ConfigSource.DEFAULT_CONFIG.value
 
 
