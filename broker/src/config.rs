@@ -43,10 +43,6 @@ pub(crate) struct ServeArgs {
     /// read). At most 1024.
     #[arg(long, env = "MILLRACE_NUM_NETWORK_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) num_network_threads: Option<u16>,
-    /// The pool's size as started: `--num-network-threads` or the CPUs counted once at start
-    /// (set by `serve`; what DescribeConfigs reports).
-    #[arg(skip)]
-    pub(crate) network_threads_started: usize,
     /// Requests a connection may have in progress before reading pauses.
     #[arg(long, env = "MILLRACE_REQUESTS_IN_FLIGHT_MAX", default_value_t = 64)]
     pub(crate) requests_in_flight_max: usize,

@@ -99,7 +99,7 @@ fn tune_malloc() {
     }
 }
 
-fn serve(mut args: config::ServeArgs) -> std::process::ExitCode {
+fn serve(args: config::ServeArgs) -> std::process::ExitCode {
     tune_malloc();
     if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() == "2") {
         tracing::warn!(
@@ -107,7 +107,6 @@ fn serve(mut args: config::ServeArgs) -> std::process::ExitCode {
         );
     }
     let threads = args.network_threads();
-    args.network_threads_started = threads;
     let broker = match state::Broker::open(args) {
         Ok(b) => Arc::new(b),
         Err(e) => {

@@ -822,6 +822,22 @@ impl Topics {
             (None, None) => Err("one of --topic and --include is needed".into()),
         }
     }
+
+    /// The one topic to ask the metadata for, if not all.
+    fn named(&self) -> Option<&str> {
+        match self {
+            Topics::Named(t) => Some(t),
+            Topics::Matching { .. } => None,
+        }
+    }
+
+    /// Whether topic `name` is one of these.
+    fn takes(&self, name: &str) -> bool {
+        match self {
+            Topics::Named(t) => t == name,
+            Topics::Matching { regex, .. } => regex.is_match(name),
+        }
+    }
 }
 
 /// A consumer of `topics`: through `group` when given, else assigned every partition of them
@@ -850,19 +866,10 @@ fn consumer<C: ConsumerContext>(
         // librdkafka takes a subscription starting with `^` as a regular expression.
         (Some(_), Topics::Matching { pattern, .. }) => c.subscribe(&[&format!("^({pattern})$")])?,
         (None, _) => {
-            let named = match topics {
-                Topics::Named(t) => Some(t.as_str()),
-                Topics::Matching { .. } => None,
-            };
-            let md = c.fetch_metadata(named, Duration::from_secs(10))?;
+            let md = c.fetch_metadata(topics.named(), Duration::from_secs(10))?;
             let mut tpl = TopicPartitionList::new();
             let at = if from_latest { Offset::End } else { Offset::Beginning };
-            for t in md.topics() {
-                if let Topics::Matching { regex, .. } = topics {
-                    if !regex.is_match(t.name()) {
-                        continue;
-                    }
-                }
+            for t in md.topics().iter().filter(|t| topics.takes(t.name())) {
                 for p in t.partitions() {
                     tpl.add_partition_offset(t.name(), p.id(), at)?;
                 }

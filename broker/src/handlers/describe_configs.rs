@@ -72,6 +72,14 @@ pub(super) fn handle(
                 } else {
                     let a = &broker.args;
                     let (host, port) = a.advertised();
+                    // The pool the runtime runs (its size was fixed at start); its default
+                    // depends on the machine, so an unset value says DEFAULT_CONFIG, as Kafka.
+                    let threads = tokio::runtime::Handle::try_current()
+                        .map_or_else(|_| a.network_threads(), |h| h.metrics().num_workers());
+                    let threads_source = match a.num_network_threads {
+                        Some(_) => STATIC_BROKER_CONFIG,
+                        None => DEFAULT_CONFIG,
+                    };
                     let items: [(&str, String, i8); 11] = [
                         ("node.id", a.node_id.to_string(), 3),
                         ("listeners", format!("PLAINTEXT://{}", a.listen), 2),
@@ -81,17 +89,13 @@ pub(super) fn handle(
                         ("auto.create.topics.enable", a.auto_create_topics_enable.to_string(), 1),
                         ("socket.request.max.bytes", a.socket_request_max_bytes.to_string(), 3),
                         ("max.connections", a.max_connections.to_string(), 3),
-                        ("num.network.threads", a.network_threads_started.to_string(), 3),
+                        ("num.network.threads", threads.to_string(), 3),
                         ("log.retention.ms", a.log_retention_ms.to_string(), 5),
                         ("message.max.bytes", a.message_max_bytes.to_string(), 3),
                     ];
                     for (k, v, ty) in items.into_iter().filter(|(k, _, _)| wanted(k)) {
-                        // The thread count's default depends on the machine: say when it is
-                        // the default, as Kafka does for an unset config.
                         let source = match k {
-                            "num.network.threads" if a.num_network_threads.is_none() => {
-                                DEFAULT_CONFIG
-                            }
+                            "num.network.threads" => threads_source,
                             _ => STATIC_BROKER_CONFIG,
                         };
                         let mut c = entry(k, v, source, ty, "");
