@@ -62,12 +62,25 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-def rss_mb(pid):
+def rss_mb(pid, field="VmRSS"):
+    """A `/proc/<pid>/status` memory figure in MB: `VmRSS` (resident), or `RssAnon` (its
+    anonymous part: heap, request buffers, direct I/O tails; the rest is mapped file pages)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return -1
+
+
+def memory(pid):
+    """(resident, of it anonymous) in MB; anonymous is None where the kernel does not tell
+    (`RssAnon` is from Linux 4.5)."""
+    anon = rss_mb(pid, "RssAnon")
+    return rss_mb(pid), (anon if anon >= 0 else None)
+
+
+def mb(x):
+    return "–" if x is None else f"{x:.0f}"
 
 
 @contextlib.contextmanager
@@ -270,22 +283,28 @@ def within_latency(p99, p999):
 def targets_table(w, modes, cons, idle_rss):
     """The targets' table: per broker mode (`modes`: name, unthrottled run, its fixed-rate
     runs), this run's figure beside the kernel's floor at the same moment (or the ideal writer),
-    and whether the figure is within the target."""
-    yes = lambda ok: "yes" if ok else "no"  # noqa: E731
+    and whether the figure is within the target. The CPU rows give the median over every run
+    (`median_of`) and the median of their floors."""
+    def yes(ok, floor=None, target=None):
+        if ok:
+            return "yes"
+        return "no (the floor alone is above it)" if floor is not None and floor > target else "no"
     w("| target | broker | this run | floor at the same moment | within |")
     w("|---|---|---:|---:|---|")
     for name, top, _ in modes:
         if top is None:
             continue
         cpu, floor = median_cpu(top)
-        cells = ", ".join(f"{x['broker_cpu_s'] / x['gb']:.2f}" for x in top["every"])
-        floors = ", ".join(f"{x['floor_s_per_gb']:.2f}" for x in top["every"])
+        every = top.get("every", [top])
+        cells = ", ".join(f"{x['broker_cpu_s'] / x['gb']:.2f}" for x in every)
+        floors = ", ".join(f"{x['floor_s_per_gb']:.2f}" for x in every)
         w(f"| CPU per GB produced ≤ {TARGET_PRODUCE_CPU} s (1 KiB, acks=all, unthrottled) | {name} | "
-          f"{cpu:.2f} (runs: {cells}) | {floor:.2f} ({floors}) | {yes(cpu <= TARGET_PRODUCE_CPU)} |")
+          f"{cpu:.2f} (runs: {cells}) | {floor:.2f} ({floors}) | "
+          f"{yes(cpu <= TARGET_PRODUCE_CPU, floor, TARGET_PRODUCE_CPU)} |")
     cpu, floor = median_cpu(cons)
-    cells = ", ".join(f"{x['broker_cpu_s'] / x['gb']:.3f}" for x in cons["every"])
+    cells = ", ".join(f"{x['broker_cpu_s'] / x['gb']:.3f}" for x in cons.get("every", [cons]))
     w(f"| CPU per GB consumed ≤ {TARGET_CONSUME_CPU} s (from the page cache) | default | {cpu:.3f} "
-      f"(runs: {cells}) | {floor:.3f} | {yes(cpu <= TARGET_CONSUME_CPU)} |")
+      f"(runs: {cells}) | {floor:.3f} | {yes(cpu <= TARGET_CONSUME_CPU, floor, TARGET_CONSUME_CPU)} |")
     for name, top, paced in modes:
         r = paced[0.5]
         runs = r["runs"]
@@ -322,8 +341,9 @@ def main():
         if not os.path.exists(b):
             sys.exit(f"{b} missing: cargo build --release -p millrace-broker -p millrace-bench")
     scale = 0.2 if a.quick else 1.0
-    with running_broker("millrace-bench-") as (data, bs, pid):
-        idle_rss = rss_mb(pid)
+    with contextlib.ExitStack() as default_broker:
+        data, bs, pid = default_broker.enter_context(running_broker("millrace-bench-"))
+        idle_rss, idle_anon = memory(pid)
         rows = []
 
         def produce(name, size, acks, codec, n, throughput=-1, *extra, floor=True, on=None):
@@ -412,7 +432,7 @@ def main():
                              for i in range(MAX_REPEATS)], lambda x: x["records_per_sec"])
                     else:
                         results[(size, acks, codec)] = produce(topic, size, acks, codec, n)
-        loaded_rss = rss_mb(pid)
+        loaded_rss, loaded_anon = memory(pid)
 
         # Latency at fractions of the measured maximum rate (1 KiB, acks=all, uncompressed), for
         # 10 s each.
@@ -452,12 +472,16 @@ def main():
         settle()
         e2e = bench("e2e-latency", "--bootstrap-server", bs, "--topic", "e2e", "--rate", "1000",
                     "--seconds", str(int(10 * scale) or 2), "--record-size", "1024")
-        final_rss = rss_mb(pid)
+        final_rss, final_anon = memory(pid)
 
-        # The unthrottled 1 KiB acks=all run and the fixed-rate runs again, on a broker with the
-        # page-cache window on; the floor then drops its pages the same way.
+        # The default broker's run of the size the other brokers' unthrottled runs have (one run:
+        # their tables' first row), then those brokers: the page-cache window on (its floor
+        # drops its pages the same way) and direct I/O.
         n = int(3_000_000 * scale)
         unwindowed = produce("l-1024-all", 1024, "all", "none", n)
+        # Stopped, and its data directory removed, before the other brokers start: with theirs
+        # (up to ≈ 30 GB for the direct broker) the disk would hold ≈ 55 GB at once.
+        default_broker.close()
 
         def unthrottled_then_paced(prefix, on):
             # Another broker's unthrottled runs (topics `<prefix>-1024-all-<run>`; the median of
@@ -474,7 +498,7 @@ def main():
         # a consumer from the beginning: all but the newest 8 MiB come from the disk.
         with running_broker("millrace-bench-direct-", "--log-direct-io") as (ddata, dbs, dpid):
             direct, dpaced = unthrottled_then_paced("d", (ddata, dbs, dpid, ["--direct"]))
-            direct_rss = rss_mb(dpid)  # before the consumer maps segment pages
+            direct_rss, direct_anon = memory(dpid)  # before the consumer maps segment pages
             settle(drop_caches=True)
             dcons = consume(dpid, dbs, direct["topic"], n)
         # Its fixed-rate runs again at the same rates, with a network thread per CPU instead of
@@ -513,8 +537,11 @@ def main():
                   cons, idle_rss)
     w("\nEach figure is this run's, beside what the kernel alone costs for the same work at the "
       "same moment (the floors below; for latency, the ideal writer of each fixed-rate run's "
-      f"bytes, measured right after it). The CPU rows give the median of {MAX_REPEATS} runs, "
-      "beside every run's, and each run's floor was measured right after it. Where a floor is above its target, no broker could "
+      f"bytes, measured right after it). The CPU rows give the median CPU per GB of "
+      f"{MAX_REPEATS} runs and, apart, the median of their floors (each produce run's measured "
+      "right after it, so the two medians may come from different runs; the consume floor is "
+      "the TCP sender's at the start), beside every run's; the tables below show the run with "
+      "the median records/s (for consume, this median), whose CPU per GB can differ. Where a floor is above its target, no broker could "
       "meet that target on this machine at that moment. The latency row gives each of the "
       f"{LATENCY_REPEATS} runs at 50% of that broker's own maximum (with a network thread per CPU, "
       "of the direct broker's), p99 / p99.9 in ms, in the order they ran. The page-cache window, "
@@ -607,8 +634,8 @@ def main():
     w("Off by default. With it, the broker drops each segment's synced pages more than the window "
       "behind its end, so writing reuses the same page-cache memory; consumers further behind read "
       "from the disk (`docs/design/storage.md`, \"Page-cache window\"). The floor of these rows "
-      "drops its pages the same way (`baseline-disk --drop-behind`). The first row is the same "
-      f"run on the default broker ({unwindowed['gb']:.1f} GB).\n")
+      "drops its pages the same way (`baseline-disk --drop-behind`). The first row is one run of "
+      f"the same on the default broker ({unwindowed['gb']:.1f} GB).\n")
     mode_table(w, "window", unwindowed, windowed, wpaced)
     w(f"\nThe window's unthrottled row is the median by records/s of {MAX_REPEATS} runs: "
       f"{every_cell(windowed)}.\n")
@@ -617,7 +644,7 @@ def main():
       "(appends are copied there), bypassing the page cache; consumers within the newest 8 MiB of a "
       "partition read from that memory, older data from the disk (`docs/design/storage.md`, "
       "\"Direct I/O\"). The floor of these rows writes with `O_DIRECT` too (`baseline-disk --direct`). "
-      f"The first row is the default broker's run above ({unwindowed['gb']:.1f} GB). The last "
+      f"The first row is the default broker's single run above ({unwindowed['gb']:.1f} GB). The last "
       "rows are the direct broker's fixed-rate runs again, at the same rates, on a broker with "
       f"`--num-network-threads {CPUS}` (a network thread per CPU instead of the default one "
       "fewer), started after the "
@@ -630,7 +657,9 @@ def main():
     w(f"Consuming that row's topic from the beginning ({dcons['gb']:.1f} GB, page cache dropped first, so "
       f"from the disk): {dcons['records_per_sec']:.0f} records/s, {dcons['mb_per_sec']:.1f} MB/s, broker CPU "
       f"{cpu_per_gb(dcons):.3f} s/GB ({cpu_per_gb(dcons) / consume_floor:.2f} × the consume floor, which "
-      f"reads from the page cache). Broker resident memory after the produce runs: {direct_rss:.0f} MB.\n")
+      f"reads from the page cache). Broker resident memory after the produce runs: {direct_rss:.0f} MB, "
+      f"of it {mb(direct_anon)} MB anonymous (the tails count against "
+      "`--log-direct-io-memory-bytes`, 256 MiB by default).\n")
     w(f"## Consume ({cons['gb']:.1f} GB of 1 KiB records just produced, from the page cache; no group, all partitions assigned)\n")
     w(f"{cons['records_per_sec']:.0f} records/s, {cons['mb_per_sec']:.1f} MB/s "
       f"({cons['mb_per_sec'] / tcp['mb_per_sec']:.2f} of loopback TCP), first record after {cons['first_record_ms']:.0f} ms; "
@@ -644,8 +673,12 @@ def main():
     w(f"p50 {el['p50']:.2f} ms, p95 {el['p95']:.2f} ms, p99 {el['p99']:.2f} ms, p99.9 {el['p999']:.2f} ms, "
       f"max {el['max']:.2f} ms.\n")
     w("## Broker memory\n")
-    w(f"Resident: {idle_rss:.0f} MB idle at start, {loaded_rss:.0f} MB after the produce runs, "
-      f"{final_rss:.0f} MB at the end (VmRSS includes mapped segment pages that were read).\n")
+    w(f"Resident (VmRSS): {idle_rss:.0f} MB idle at start, {loaded_rss:.0f} MB after the produce "
+      f"runs, {final_rss:.0f} MB at the end. Of it anonymous (RssAnon: heap, request buffers, "
+      f"the allocator's cache): {mb(idle_anon)}, {mb(loaded_anon)} and {mb(final_anon)} MB; the "
+      "rest is mapped files: the broker's code and libraries, the indexes, and segment pages "
+      "that were read (page cache, reclaimable). The anonymous part is "
+      "what configuration bounds (`docs/performance.md`, \"What limits each figure\").\n")
     with open(a.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
