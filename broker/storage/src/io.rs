@@ -771,7 +771,11 @@ impl IoThread {
     /// cache, from the disk. Where the file system does not take `O_DIRECT`, segments are
     /// written through the page cache. See `docs/design/storage.md`, "Direct I/O".
     pub fn set_direct_io(&self, direct: Option<DirectIo>) {
-        let budget = direct.map(|d| TailBudget::new(d.cache_bytes, d.memory_bytes));
+        let budget = direct.map(|d| {
+            let budget = TailBudget::new(d.cache_bytes, d.memory_bytes);
+            budget.start_filler();
+            budget
+        });
         *self.direct_io.lock().unwrap_or_else(|e| e.into_inner()) = budget;
     }
 
@@ -780,9 +784,16 @@ impl IoThread {
         self.direct_io.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Bytes of memory the directory's direct tails hold (0 with direct I/O off).
+    /// Bytes of memory the directory holds for direct I/O: its tails' and the chunks kept
+    /// ready for them (0 with direct I/O off).
     pub fn direct_io_memory(&self) -> u64 {
         self.direct_io().map_or(0, |b| b.held())
+    }
+
+    /// Bytes of memory the directory's direct tails hold, without the ready chunks.
+    #[cfg(test)]
+    pub(crate) fn direct_io_tail_memory(&self) -> u64 {
+        self.direct_io().map_or(0, |b| b.tails_held())
     }
 
     /// The engine in use.

@@ -1081,7 +1081,7 @@ mod tests {
         }
         assert_eq!(read_all(&logs[0]), want[0]);
         drop(logs); // unclean: active segments keep their padding
-        assert_eq!(io.direct_io_memory(), 0, "the tails' memory is counted back");
+        assert_eq!(io.direct_io_tail_memory(), 0, "the tails' memory is counted back");
         for (p, want) in want.iter().enumerate() {
             let log = open(p);
             assert!(log.open_report().truncations.is_empty(), "{:?}", log.open_report());
@@ -1154,7 +1154,7 @@ mod tests {
         let log = Log::open(dir.path().join("t-0"), config, io.clone()).unwrap();
         assert!(log.open_report().truncations.is_empty());
         assert_eq!(read_all(&log), want);
-        assert_eq!(io.direct_io_memory(), 0);
+        assert_eq!(io.direct_io_tail_memory(), 0);
     }
 
     /// Appends from several threads, queued faster than they are written (the I/O thread
