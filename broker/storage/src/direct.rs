@@ -33,10 +33,11 @@
 //!   appender's newest chunk, tails in use) can keep the directory over its budget.
 //! - **Ready chunks.** New memory costs page faults at its first touch, which would zero it
 //!   under the log's lock while appends wait (on the development VM 5–7 ms per 2 MiB chunk): a
-//!   partition's first chunks after its creation or a restart, and a stall's. The directory's
-//!   filler thread keeps a few chunks of the full size mapped and faulted in, within the
-//!   budget ([`TailBudget::start_filler`]); a tail that needs a new full-size chunk and has no
-//!   spare takes one of those first.
+//!   partition's full-size chunks after its creation or a restart, and a stall's. The
+//!   directory's filler thread keeps a few chunks of the full size mapped and faulted in,
+//!   within the budget ([`TailBudget::start_filler`]); a tail that needs a new full-size chunk
+//!   and has no spare takes one of those first. (A tail's growing first chunks, 64 KiB to half
+//!   the full size, are still mapped by the appender.)
 //! - **Memory safety.** A chunk is shared between the appender (which writes bytes at or after
 //!   the log end, under the log's lock), the I/O thread (which hands whole blocks below the end
 //!   of the append it writes to the kernel, by raw pointer) and readers (which hold views of
@@ -146,7 +147,8 @@ pub(crate) struct TailBudget {
     chunk_size: u64,
     /// Full-size chunks faulted in ahead of need (counted in `held`), and the filler's state.
     ready: Arc<Ready>,
-    /// Bytes held now (chunks, spares and block buffers of every live tail).
+    /// Bytes held now (chunks, spares and block buffers of every live tail, and the ready
+    /// chunks).
     held: AtomicU64,
     /// Ticks for the least-recently-appended order: moved on by each new chunk; an append
     /// stamps its tail with the current tick (a read, so appenders do not all write one line).
@@ -176,7 +178,7 @@ impl TailBudget {
         })
     }
 
-    /// Bytes the directory's tails hold.
+    /// Bytes the directory holds for direct I/O: its tails' and the ready chunks.
     pub(crate) fn held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
     }
@@ -239,12 +241,19 @@ impl TailBudget {
         self.held() - s.chunks.iter().map(|b| b.cap()).sum::<u64>()
     }
 
-    /// Lets go of the ready chunks (to `freed`), first thing in a pass over the budget.
-    fn drain_ready(&self, freed: &mut Vec<Arc<ChunkBuf>>) {
-        let mut s = lock(&self.ready.state);
-        let n: u64 = s.chunks.iter().map(|b| b.cap()).sum();
-        self.held.fetch_sub(n, Ordering::Relaxed);
-        freed.append(&mut s.chunks);
+    /// Lets go of ready chunks (to `freed`) while the directory holds more than `down_to`:
+    /// the first thing a tail over the budget does. Wakes the filler, to fill again once
+    /// there is room.
+    fn drain_ready(&self, down_to: u64, freed: &mut Vec<Arc<ChunkBuf>>) {
+        {
+            let mut s = lock(&self.ready.state);
+            while self.held() > down_to {
+                let Some(b) = s.chunks.pop() else { break };
+                self.held.fetch_sub(b.cap(), Ordering::Relaxed);
+                freed.push(b);
+            }
+        }
+        self.ready.wake.notify_one();
     }
 
     /// Lists `segment` (whose tail has `tick`) among the tails that can be made to let go.
@@ -278,7 +287,7 @@ impl TailBudget {
     /// appender to drop once it holds no lock.
     fn reclaim(&self, freed: &mut Vec<Arc<ChunkBuf>>) {
         let target = self.low_water();
-        self.drain_ready(freed);
+        self.drain_ready(target, freed);
         {
             let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
             Self::forget_gone(&mut tails);
@@ -361,6 +370,9 @@ fn fill(ready: &Ready, budget: &Weak<TailBudget>) {
             }
             continue;
         };
+        if budget.strong_count() == 0 {
+            return; // the budget went while we looked at it
+        }
         let mut chunk = ChunkBuf::new(size);
         if let Some(c) = Arc::get_mut(&mut chunk) {
             c.fault_in();
@@ -371,10 +383,24 @@ fn fill(ready: &Ready, budget: &Weak<TailBudget>) {
             return;
         }
         // Counted as it becomes ready, under the lock that [`TailBudget::tails_held`] reads
-        // the ready chunks with.
-        b.held.fetch_add(size, Ordering::Relaxed);
-        s.chunks.push(chunk);
+        // the ready chunks with, and only if there is still room: tails may have taken
+        // memory while it was faulted in.
+        let low_water = b.low_water();
+        let counted = b
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                (h + size <= low_water).then_some(h + size)
+            })
+            .is_ok();
+        let unused = if counted {
+            s.chunks.push(chunk);
+            None
+        } else {
+            Some(chunk)
+        };
         drop(s);
+        // Unmapped outside the lock.
+        drop(unused);
         // Last: if this was the budget's last holder, its drop takes the lock.
         drop(b);
     }
@@ -807,7 +833,8 @@ impl Tail {
                 Some(c) => c.buf.ptr((start - c.file_start) as usize),
                 None => self.seed.as_ptr(),
             };
-            // SAFETY: `buf` is unshared (new, or a spare nothing else holds); the source bytes
+            // SAFETY: `buf` is unshared (new, ready, yielded by the segment before, or a spare
+            // nothing else holds); the source bytes
             // were copied in by this appender, below the log end.
             unsafe { buf.copy_in(0, src, k) };
         }
@@ -820,6 +847,10 @@ impl Tail {
         // Down to this tail's share first; then, over the budget, the other tails let go
         // (their spares before anyone's data) before this one evicts for the budget: spares
         // kept by an idle partition must not cost a busy one its cached data.
+        // Ready chunks go before any tail's memory: they are the least use to anyone.
+        if self.budget.over() {
+            self.budget.drain_ready(self.budget.limit, &mut self.freed);
+        }
         self.evict(published, false);
         if self.budget.wants_reclaim() {
             self.budget.reclaim(&mut self.freed);
@@ -1278,6 +1309,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// Whether the `len` bytes from `ptr` (page-aligned, mapped) are all resident.
+    fn resident(ptr: *const u8, len: usize) -> bool {
+        let mut pages = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: test: a mapped, page-aligned range, and a byte per page to fill.
+        let r = unsafe { libc::mincore(ptr as *mut libc::c_void, len, pages.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore: {}", io::Error::last_os_error());
+        pages.iter().all(|p| p & 1 == 1)
+    }
+
     #[test]
     fn the_filler_keeps_full_size_chunks_ready_for_tails_that_need_new_memory() {
         // 256 KiB per tail: chunks of 64 KiB (a tail's first chunk is already that size), as
@@ -1287,6 +1327,9 @@ pub(crate) mod tests {
         wait_ready(&budget, 4);
         assert_eq!(budget.held(), 4 * (64 << 10), "ready chunks count in the budget");
         let before = ready(&budget);
+        // Faulted in: resident before anyone writes them (a chunk just mapped is not).
+        assert!(before.iter().all(|&p| resident(p as *const u8, 64 << 10)));
+        assert!(!resident(ChunkBuf::new(64 << 10).ptr(0), 64 << 10));
         let (_dir, mut t) = written_tail(0, &budget);
         t.append(&[&[7u8; 1000]], 0, 0);
         let took = t.chunks.back().unwrap().buf.ptr(0) as usize;
@@ -1311,7 +1354,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_filler_stays_below_the_budget_and_a_pass_over_it_lets_ready_chunks_go_first() {
+    fn the_filler_stays_below_the_low_water_mark_and_tails_over_the_budget_let_ready_chunks_go() {
         // A budget of 256 KiB: its low-water mark (224 KiB) leaves room for 3 ready chunks of
         // 64 KiB, not the 4 a tail's share would.
         let budget = TailBudget::new(256 << 10, 256 << 10);
@@ -1320,8 +1363,15 @@ pub(crate) mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(ready(&budget).len(), 3);
         assert_eq!(budget.held(), 3 * (64 << 10));
+        // Only as many go as bring the directory down to what is asked.
+        let mut freed = Vec::new();
+        budget.drain_ready(2 * (64 << 10) + 1000, &mut freed);
+        assert_eq!(freed.len(), 1);
+        drop(freed);
+        // Filled again: there is room.
+        wait_ready(&budget, 3);
         // A batch of 200 KiB takes a chunk of 256 KiB (not a ready size): the directory goes
-        // over its budget, and the pass lets the ready chunks go before any tail's data.
+        // over its budget, and the ready chunks go before any tail's memory.
         let (_dir, mut t) = written_tail(0, &budget);
         t.append(&[&vec![9u8; 200 << 10]], 0, 0);
         assert!(ready(&budget).is_empty());
