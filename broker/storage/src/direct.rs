@@ -59,6 +59,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use bytes::Bytes;
 
+use crate::lock;
 use crate::segment::Segment;
 
 /// Alignment of direct writes (offsets, lengths and memory): 4 KiB suits every logical block
@@ -204,16 +205,13 @@ impl TailBudget {
     /// new memory ([`Tail::append`] takes them before mapping its own), as long as the
     /// directory stays below [`TailBudget::low_water`]. It stops when the budget is dropped.
     pub(crate) fn start_filler(self: &Arc<Self>) {
-        let ready = self.ready.clone();
-        lock(&ready.state).want = self.chunks_kept();
-        let budget = Arc::downgrade(self);
+        let (ready, budget, want) = (self.ready.clone(), Arc::downgrade(self), self.chunks_kept());
         let spawned = std::thread::Builder::new()
             .name("millrace-chunks".into())
-            .spawn(move || fill(&ready, &budget));
+            .spawn(move || fill(&ready, &budget, want));
         if let Err(e) = spawned {
             // Appends map their chunks themselves, as without the filler.
             tracing::warn!(error = %e, "starting the tail chunk filler failed");
-            lock(&self.ready.state).want = 0;
         }
     }
 
@@ -223,13 +221,7 @@ impl TailBudget {
         if cap != self.chunk_size {
             return None;
         }
-        let chunk = {
-            let mut s = lock(&self.ready.state);
-            if s.want == 0 {
-                return None;
-            }
-            s.chunks.pop()
-        };
+        let chunk = lock(&self.ready.state).chunks.pop();
         self.ready.wake.notify_one();
         chunk
     }
@@ -258,7 +250,7 @@ impl TailBudget {
 
     /// Lists `segment` (whose tail has `tick`) among the tails that can be made to let go.
     pub(crate) fn register(&self, segment: Weak<Segment>, tick: Arc<AtomicU64>) {
-        let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tails = lock(&self.tails);
         // Forget tails that are gone once in a while, so the list stays as long as the live ones.
         if tails.len() >= 64 && tails.len().is_power_of_two() {
             Self::forget_gone(&mut tails);
@@ -289,7 +281,7 @@ impl TailBudget {
         let target = self.low_water();
         self.drain_ready(target, freed);
         {
-            let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tails = lock(&self.tails);
             Self::forget_gone(&mut tails);
             let mut order: Vec<(u64, usize)> = tails
                 .iter()
@@ -331,25 +323,17 @@ struct Ready {
 #[derive(Debug, Default)]
 struct ReadyState {
     chunks: Vec<Arc<ChunkBuf>>,
-    /// How many the filler keeps ready (0: no filler).
-    want: usize,
     /// The budget is gone: the filler leaves.
     stop: bool,
 }
 
-/// A poisoned lock's data is still consistent here (a list of buffers and flags, each change
-/// a single push, pop or store), so a panic elsewhere does not stop the others.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The filler thread: keeps `want` full-size chunks ready while the directory is below its
 /// low-water mark, each mapped and faulted in here, outside any log's lock.
-fn fill(ready: &Ready, budget: &Weak<TailBudget>) {
+fn fill(ready: &Ready, budget: &Weak<TailBudget>, want: usize) {
     loop {
         {
             let mut s = lock(&ready.state);
-            while !s.stop && s.chunks.len() >= s.want {
+            while !s.stop && s.chunks.len() >= want {
                 s = ready.wake.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             if s.stop {
@@ -721,10 +705,9 @@ pub(crate) struct Tail {
     budget: Arc<TailBudget>,
     /// The budget's clock at this tail's last append.
     tick: Arc<AtomicU64>,
-    chunk_size: u64,
     /// Size of the next chunk: a tail starts (and starts again after letting go) with small
-    /// chunks, doubled with each new one up to `chunk_size`, so that a partition written to
-    /// now and then does not hold a whole chunk for a few batches.
+    /// chunks, doubled with each new one up to the budget's `chunk_size`, so that a partition
+    /// written to now and then does not hold a whole chunk for a few batches.
     next_chunk: u64,
     /// The segment before this one (set at the roll that started it): a chunk this tail needs
     /// and has no spare for is first taken from that segment's tail, its oldest, so that a
@@ -737,7 +720,6 @@ impl Tail {
     /// before `end` (`end - align_down(end)` bytes).
     pub(crate) fn new(file: File, end: u64, seed: Vec<u8>, budget: Arc<TailBudget>) -> Tail {
         debug_assert_eq!(seed.len() as u64, end - align_down(end));
-        let chunk_size = budget.chunk_size;
         Tail {
             file: Arc::new(file),
             chunks: VecDeque::new(),
@@ -749,9 +731,8 @@ impl Tail {
             cached: 0,
             held: 0,
             tick: Arc::new(AtomicU64::new(budget.clock.fetch_add(1, Ordering::Relaxed) + 1)),
+            next_chunk: budget.chunk_size.min(CHUNK_START),
             budget,
-            chunk_size,
-            next_chunk: chunk_size.min(CHUNK_START),
             before: Weak::new(),
         }
     }
@@ -802,7 +783,7 @@ impl Tail {
         let need = align_up(end) - start;
         // A multiple of the chunk size, so that chunks of large batches are reused too.
         let size = self.next_chunk;
-        self.next_chunk = (size * 2).min(self.chunk_size);
+        self.next_chunk = (size * 2).min(self.budget.chunk_size);
         let cap = need.div_ceil(size) * size;
         // `get_mut` (not a count) so that the last reader's or write's use of a spare happens
         // before it is written again.
@@ -834,8 +815,8 @@ impl Tail {
                 None => self.seed.as_ptr(),
             };
             // SAFETY: `buf` is unshared (new, ready, yielded by the segment before, or a spare
-            // nothing else holds); the source bytes
-            // were copied in by this appender, below the log end.
+            // nothing else holds); the source bytes were copied in by this appender, below the
+            // log end.
             unsafe { buf.copy_in(0, src, k) };
         }
         self.cached += buf.cap();
@@ -844,10 +825,10 @@ impl Tail {
         // A new chunk advances the clock; `append` stamps this tail with it when done (no other
         // tail's reclaim looks at it before: they skip a segment whose lock is held).
         self.budget.clock.fetch_add(1, Ordering::Relaxed);
-        // Down to this tail's share first; then, over the budget, the other tails let go
-        // (their spares before anyone's data) before this one evicts for the budget: spares
-        // kept by an idle partition must not cost a busy one its cached data.
-        // Ready chunks go before any tail's memory: they are the least use to anyone.
+        // Over the budget, ready chunks go before any tail's memory: they are the least use to
+        // anyone. Then down to this tail's share; then, still over the budget, the other tails
+        // let go (their spares before anyone's data) before this one evicts for the budget:
+        // spares kept by an idle partition must not cost a busy one its cached data.
         if self.budget.over() {
             self.budget.drain_ready(self.budget.limit, &mut self.freed);
         }
@@ -910,7 +891,10 @@ impl Tail {
         let mut moved = 0;
         let chunks = prev.chunks.drain(..).map(|c| c.buf);
         for b in chunks.chain(prev.spare.drain(..)) {
-            if same && b.cap() >= self.chunk_size && self.spare.len() < keep && !self.budget.over()
+            if same
+                && b.cap() >= self.budget.chunk_size
+                && self.spare.len() < keep
+                && !self.budget.over()
             {
                 moved += b.cap();
                 self.spare.push(b);
@@ -977,7 +961,7 @@ impl Tail {
                 }
             }
             if self.chunks.is_empty() {
-                self.next_chunk = self.chunk_size.min(CHUNK_START);
+                self.next_chunk = self.budget.chunk_size.min(CHUNK_START);
             }
         }
         self.credit(n);
@@ -1434,7 +1418,7 @@ pub(crate) mod tests {
         assert!(prev_chunks > next.spares_kept(), "more than a tail keeps: {prev_chunks}");
         next.adopt(prev);
         assert_eq!(next.spare.len(), next.spares_kept());
-        assert!(next.spare.iter().all(|b| b.cap() >= next.chunk_size));
+        assert!(next.spare.iter().all(|b| b.cap() >= next.budget.chunk_size));
         assert_eq!(budget.held(), next.held, "what was not kept is not counted");
         let held = budget.held();
         let mut freed = Vec::new();

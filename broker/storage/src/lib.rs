@@ -9,6 +9,13 @@
 //! `docs/design/storage.md`. This crate knows nothing of the network; the broker maps its
 //! [`StorageError`]s to Kafka error codes.
 
+/// Locks `m`. A poisoned lock means a panic elsewhere while holding it, which is a bug there;
+/// every mutation under this crate's locks is completed before anything that can fail (a push,
+/// a pop, a store), so the data is still consistent and the others go on.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub mod batch;
 mod checkpoint;
 pub mod config;

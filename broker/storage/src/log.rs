@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +21,7 @@ use crate::checkpoint::{self, PartitionState};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{Result, StorageError};
 use crate::io::{self, Appended, Durable, IoThread, LogProgress, Op};
+use crate::lock;
 use crate::segment::{self, Segment, Truncation};
 
 /// What an append was given.
@@ -134,12 +135,6 @@ pub fn now_ms() -> i64 {
 /// Bytes at the start of a batch that the log rewrites (baseOffset, batchLength,
 /// partitionLeaderEpoch); none of them is covered by the CRC.
 pub(crate) const BATCH_PATCH_LEN: usize = 16;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Poisoning means a panic elsewhere while holding the lock; every mutation under these
-    // locks is completed before anything that can fail, so the data is still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Log {
     /// Opens (creating if needed) the log in `dir`, recovering it if the last shutdown was not

@@ -23,6 +23,7 @@ use crate::config::LogConfig;
 use crate::direct::{self, Tail, TailBudget};
 use crate::error::{Result, StorageError};
 use crate::index::{self, IndexFile, OffsetIndex, TimeIndex, OFFSET_ENTRY, TIME_ENTRY};
+use crate::lock;
 use crate::log::TimestampLookup;
 
 /// File name stem of a segment: its base offset in 20 digits, as Kafka names them.
@@ -121,12 +122,6 @@ impl Iterator for Batches<'_> {
         self.pos += len;
         Some((at, h, len))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a panic while holding it, which is a bug elsewhere; the data it
-    // guards is still consistent for our purposes (every mutation is a single step).
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Segment {
