@@ -203,10 +203,15 @@ def runs_cell(r):
                      for p99, p999, ideal in runs) if runs else "–"
 
 
+def cpu_per_gb(r):
+    """Broker CPU seconds per GB of run `r`."""
+    return r["broker_cpu_s"] / r["gb"]
+
+
 def median_run(runs):
-    """The run with the median p99 of `runs`, carrying every run's p99 and p99.9 and its ideal
-    writer's."""
-    r = dict(sorted(runs, key=lambda x: x["latency_ms"]["p99"])[len(runs) // 2])
+    """The run with the median p99 of `runs` (`median_of`), carrying every run's p99 and p99.9
+    and its ideal writer's."""
+    r = median_of(runs, lambda x: x["latency_ms"]["p99"])
     r["runs"] = [(x["latency_ms"]["p99"], x["latency_ms"]["p999"], x.get("ideal_latency_ms"))
                  for x in runs]
     return r
@@ -224,7 +229,7 @@ def every_cell(r):
     """Every run of a repeated unthrottled row (`median_of`), in the order they ran: records/s
     and broker CPU s/GB (with the floor measured right after each run)."""
     def one(x):
-        cpu = x["broker_cpu_s"] / x["gb"]
+        cpu = cpu_per_gb(x)
         f = f" (floor {x['floor_s_per_gb']:.2f})" if "floor_s_per_gb" in x else ""
         return f"{x['records_per_sec']:.0f} records/s at {cpu:.2f} s/GB{f}"
     return "; ".join(one(x) for x in r.get("every", [r]))
@@ -233,7 +238,7 @@ def every_cell(r):
 def median_cpu(r):
     """The median broker CPU per GB over every run of `r`, and the median floor."""
     every = r.get("every", [r])
-    cpus = sorted(x["broker_cpu_s"] / x["gb"] for x in every)
+    cpus = sorted(cpu_per_gb(x) for x in every)
     floors = sorted(x["floor_s_per_gb"] for x in every)
     return cpus[len(cpus) // 2], floors[len(floors) // 2]
 
@@ -248,7 +253,7 @@ TAIL_ALIGN = "---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 
 def tail_cells(r):
     """The cells under `TAIL_HEADER` of run `r`."""
-    cpu = r["broker_cpu_s"] / r["gb"]
+    cpu = cpu_per_gb(r)
     return (f"{r['latency_ms']['max']:.2f} | {ideal_cell(r.get('ideal_latency_ms'))} | {cpu:.2f} | "
             f"{r['floor_s_per_gb']:.2f} | {cpu / r['floor_s_per_gb']:.2f} | {wakeup_cell(r)} | "
             f"{steal_cell(r)} | {client_cell(r, 'rtt')} | {client_cell(r, 'int_latency')} | "
@@ -297,13 +302,13 @@ def targets_table(w, modes, cons, idle_rss):
             continue
         cpu, floor = median_cpu(top)
         every = top.get("every", [top])
-        cells = ", ".join(f"{x['broker_cpu_s'] / x['gb']:.2f}" for x in every)
+        cells = ", ".join(f"{cpu_per_gb(x):.2f}" for x in every)
         floors = ", ".join(f"{x['floor_s_per_gb']:.2f}" for x in every)
         w(f"| CPU per GB produced ≤ {TARGET_PRODUCE_CPU} s (1 KiB, acks=all, unthrottled) | {name} | "
           f"{cpu:.2f} (runs: {cells}) | {floor:.2f} ({floors}) | "
           f"{yes(cpu <= TARGET_PRODUCE_CPU, floor, TARGET_PRODUCE_CPU)} |")
     cpu, floor = median_cpu(cons)
-    cells = ", ".join(f"{x['broker_cpu_s'] / x['gb']:.3f}" for x in cons.get("every", [cons]))
+    cells = ", ".join(f"{cpu_per_gb(x):.3f}" for x in cons.get("every", [cons]))
     w(f"| CPU per GB consumed ≤ {TARGET_CONSUME_CPU} s (from the page cache) | default | {cpu:.3f} "
       f"(runs: {cells}) | {floor:.3f} | {yes(cpu <= TARGET_CONSUME_CPU, floor, TARGET_CONSUME_CPU)} |")
     for name, top, paced in modes:
@@ -471,7 +476,7 @@ def main():
         settle(drop_caches=False)
         # The same topic MAX_REPEATS times (still in the page cache); the median by CPU per GB.
         cons = median_of([consume(pid, bs, "c-1024", n) for _ in range(MAX_REPEATS)],
-                         lambda x: x["broker_cpu_s"] / x["gb"])
+                         cpu_per_gb)
 
         settle()
         e2e = bench("e2e-latency", "--bootstrap-server", bs, "--topic", "e2e", "--rate", "1000",
@@ -511,9 +516,6 @@ def main():
                             "--num-network-threads", str(CPUS)) as (d1data, d1bs, d1pid):
             d1paced = paced_runs("d1", direct["records_per_sec"],
                                  on=(d1data, d1bs, d1pid, ["--direct"]))
-
-    def cpu_per_gb(r):
-        return r["broker_cpu_s"] / r["gb"]
 
     lines = []
     w = lines.append
