@@ -20,11 +20,15 @@ fn bench(args: &[&str]) -> Output {
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = bench(args);
+    succeeded(bench(args), &format!("{args:?}"))
+}
+
+/// The standard output of a run (`what`, for the message) that must have succeeded.
+fn succeeded(out: Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "millrace-bench {args:?}: {}\n{stdout}{}",
+        "millrace-bench {what}: {}\n{stdout}{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -201,9 +205,7 @@ fn perf_tools_take_kafkas_options_and_count_right() {
         sent += 50;
         std::thread::sleep(Duration::from_millis(500));
     }
-    let out = late.wait_with_output().unwrap();
-    let json = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{json}");
+    let json = succeeded(late.wait_with_output().unwrap(), "consume (started before the records)");
     let v = parse(&json);
     assert_eq!(num(&v, "records"), 50.0);
     assert_eq!(num(&v, "mb"), 0.005, "only the 50 new 100-byte records: {v}");
@@ -265,8 +267,7 @@ fn produce_numbers_its_records_and_reports_the_steady_state() {
     };
 
     let out = produce("numbers", &["--payload-monotonic", "--warmup-records", "1000"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let text = succeeded(out, "produce numbers");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
@@ -327,8 +328,7 @@ fn produce_numbers_its_records_and_reports_the_steady_state() {
     // The same in --json: the steady state is its own object.
     let out =
         produce("numbers-json", &["--record-size", "100", "--warmup-records", "500", "--json"]);
-    let json = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{json}");
+    let json = succeeded(out, "produce numbers-json");
     let v = parse(&json);
     assert_eq!(num(&v, "records"), 3000.0, "{v}");
     assert_eq!(num(&v, "steady_state.records"), 2500.0, "{v}");
@@ -345,9 +345,8 @@ fn produce_numbers_its_records_and_reports_the_steady_state() {
         let args = ["consume", "--bootstrap-server", &bs, "--include", pattern, "--json"];
         bench(&[&args[..], extra].concat())
     };
-    let out = include("numbers.*", &["--num-records", "6000"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(num(&parse(&String::from_utf8_lossy(&out.stdout)), "records"), 6000.0);
+    let out = succeeded(include("numbers.*", &["--num-records", "6000"]), "consume --include");
+    assert_eq!(num(&parse(&out), "records"), 6000.0);
     let out = include("number", &["--num-records", "1", "--timeout", "1000"]);
     assert!(!out.status.success());
     assert_eq!(num(&parse(&String::from_utf8_lossy(&out.stdout)), "records"), 0.0);

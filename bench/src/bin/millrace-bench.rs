@@ -327,23 +327,21 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-/// Acknowledged records and their latencies, over the whole run or its steady state.
+/// Acknowledged records, over the whole run or its steady state: their latencies (the
+/// histogram's count is the records') and their bytes, under one lock.
 #[derive(Debug)]
-struct Tally {
-    hist: Mutex<Histogram<u64>>,
-    acked: AtomicU64,
-    bytes: AtomicU64,
-}
+struct Tally(Mutex<(Histogram<u64>, u64)>);
 
 impl Tally {
     fn new() -> Tally {
-        Tally { hist: Mutex::new(histogram()), acked: AtomicU64::new(0), bytes: AtomicU64::new(0) }
+        Tally(Mutex::new((histogram(), 0)))
     }
 
     fn record(&self, us: u64, len: usize) {
-        let _ = self.hist.lock().map(|mut h| h.saturating_record(us));
-        self.acked.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        if let Ok(mut t) = self.0.lock() {
+            t.0.saturating_record(us);
+            t.1 += len as u64;
+        }
     }
 }
 
@@ -353,8 +351,8 @@ struct Stats {
     all: Tally,
     /// The records after `--warmup-records`.
     steady: Tally,
-    /// Latencies since the last progress line.
-    window: Mutex<Histogram<u64>>,
+    /// Latencies since the last progress line (`None` without progress lines: `--json`).
+    window: Option<Mutex<Histogram<u64>>>,
     errors: AtomicU64,
     /// librdkafka's statistics windows (`--print-metrics`), and when the last one closed, on
     /// librdkafka's clock (`CLOCK_MONOTONIC`, microseconds).
@@ -376,11 +374,12 @@ struct ClientMetrics {
 }
 
 impl Stats {
-    fn new() -> Arc<Stats> {
+    /// `progress`: the latencies are also kept for `produce`'s progress lines.
+    fn new(progress: bool) -> Arc<Stats> {
         Arc::new(Stats {
             all: Tally::new(),
             steady: Tally::new(),
-            window: Mutex::new(histogram()),
+            window: progress.then(|| Mutex::new(histogram())),
             errors: AtomicU64::new(0),
             client: Mutex::new(ClientMetrics::default()),
             last_window_us: AtomicI64::new(0),
@@ -508,12 +507,11 @@ fn final_client_metrics(
     Ok(client_metrics(&m, json))
 }
 
-/// A record's delivery opaque: when it was handed to the client, its length, and whether it
-/// is past the warm-up.
+/// A record's delivery opaque: when it was handed to the client, and whether it is past the
+/// warm-up.
 #[derive(Debug)]
 struct Sent {
     at: Instant,
-    len: usize,
     steady: bool,
 }
 
@@ -521,13 +519,15 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = Box<Sent>;
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
         match result {
-            Ok(_) => {
+            Ok(m) => {
                 let us = sent.at.elapsed().as_micros().max(1) as u64;
-                self.0.all.record(us, sent.len);
+                self.0.all.record(us, m.payload_len());
                 if sent.steady {
-                    self.0.steady.record(us, sent.len);
+                    self.0.steady.record(us, m.payload_len());
                 }
-                let _ = self.0.window.lock().map(|mut h| h.saturating_record(us));
+                if let Some(w) = &self.0.window {
+                    let _ = w.lock().map(|mut h| h.saturating_record(us));
+                }
             }
             Err((e, _)) => {
                 if self.0.errors.fetch_add(1, Ordering::Relaxed) < 5 {
@@ -551,7 +551,7 @@ fn send<'a>(
     payload: &'a [u8],
     steady: bool,
 ) -> Result<(), KafkaError> {
-    let mut opaque = Box::new(Sent { at: Instant::now(), len: payload.len(), steady });
+    let mut opaque = Box::new(Sent { at: Instant::now(), steady });
     loop {
         let rec = BaseRecord::with_opaque_to(topic, opaque).payload(payload).key(&[] as &[u8]);
         match try_send(rec).map_err(|e| *e) {
@@ -572,6 +572,9 @@ enum Payloads {
     /// Each record's number in the run, in decimal.
     Monotonic,
 }
+
+/// How often `produce` prints a progress line, as Kafka's tool does.
+const PROGRESS: Duration = Duration::from_secs(5);
 
 /// The sending loop of `produce`: every record, at `--throughput` records/s when given, with a
 /// progress line every 5 s (delivery reports are polled elsewhere). Returns when the first
@@ -610,9 +613,9 @@ fn send_all(
         send(|r| producer.send(r).map_err(Box::new), wait, &a.topic, payload, steady)?;
         window_records += 1;
         window_bytes += payload.len() as u64;
-        if last_report.elapsed() >= Duration::from_secs(5) && !a.common.json {
+        if let Some(window) = stats.window.as_ref().filter(|_| last_report.elapsed() >= PROGRESS) {
             let secs = last_report.elapsed().as_secs_f64();
-            let mut w = stats.window.lock().map_err(|_| "poisoned")?;
+            let mut w = window.lock().map_err(|_| "poisoned")?;
             println!(
                 "{window_records} records sent, {:.1} records/sec ({:.2} MB/sec), {:.1} ms avg latency, {:.1} ms max latency.",
                 window_records as f64 / secs,
@@ -632,8 +635,6 @@ fn send_all(
 struct Summary {
     records: u64,
     secs: f64,
-    /// Records per second.
-    rate: f64,
     bytes: u64,
     avg: f64,
     max: f64,
@@ -643,23 +644,26 @@ struct Summary {
 
 impl Summary {
     fn of(t: &Tally, secs: f64) -> Result<Summary, Error> {
-        let h = t.hist.lock().map_err(|_| "poisoned")?;
+        let t = t.0.lock().map_err(|_| "poisoned")?;
+        let (h, bytes) = (&t.0, t.1);
         let q = |x: f64| ms(h.value_at_quantile(x));
-        let records = t.acked.load(Ordering::Relaxed);
         Ok(Summary {
-            records,
+            records: h.len(),
             secs,
-            rate: records as f64 / secs,
-            bytes: t.bytes.load(Ordering::Relaxed),
+            bytes,
             avg: h.mean() / 1000.0,
             max: ms(h.max()),
             pct: [q(0.5), q(0.95), q(0.99), q(0.999)],
         })
     }
 
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.secs
+    }
+
     /// Kafka's final line; `what` goes after the count (" steady state").
     fn line(&self, what: &str) -> String {
-        let (n, rate, mib) = (self.records, self.rate, self.bytes as f64 / self.secs / MIB);
+        let (n, rate, mib) = (self.records, self.rate(), self.bytes as f64 / self.secs / MIB);
         let (avg, max, [p50, p95, p99, p999]) = (self.avg, self.max, self.pct);
         format!(
             "{n}{what} records sent, {rate:.6} records/sec ({mib:.2} MB/sec), {avg:.2} ms avg latency, {max:.2} ms max latency, {p50:.2} ms 50th, {p95:.2} ms 95th, {p99:.2} ms 99th, {p999:.2} ms 99.9th."
@@ -668,7 +672,7 @@ impl Summary {
 
     /// The figures as JSON fields (no braces).
     fn json(&self) -> String {
-        let (n, secs, rate) = (self.records, self.secs, self.rate);
+        let (n, secs, rate) = (self.records, self.secs, self.rate());
         let mb = self.bytes as f64 / secs / 1e6;
         let (avg, max, [p50, p95, p99, p999]) = (self.avg, self.max, self.pct);
         format!(
@@ -736,7 +740,7 @@ fn produce(a: ProduceArgs) -> Result<(), Error> {
     }
     props(&mut cfg, &a.producer_props)?;
     a.common.override_bootstrap(&mut cfg);
-    let stats = Stats::new();
+    let stats = Stats::new(!a.common.json);
     // Delivery reports are served by the producer's own polling thread, as the Java producer's
     // callbacks run on its I/O thread: a report's latency is then not also the time until the
     // sending loop next gets round to polling.
@@ -937,7 +941,7 @@ fn consume(a: ConsumeArgs) -> Result<(), Error> {
     }
     let start_wall = SystemTime::now();
     let start = Instant::now();
-    let stats = Stats::new();
+    let stats = Stats::new(false);
     let mut stats_interval = 1000;
     let topics = Topics::of(a.topic.as_deref(), a.include.as_deref())?;
     let c = consumer(
@@ -1061,7 +1065,7 @@ fn e2e(a: E2eArgs) -> Result<(), Error> {
         cfg.set("fetch.wait.max.ms", "5").set("fetch.min.bytes", "1");
         Ok(())
     })?;
-    let stats = Stats::new();
+    let stats = Stats::new(false);
     let mut cfg = a.common.config();
     cfg.set("acks", &a.acks).set("enable.idempotence", "false").set("linger.ms", "0");
     let producer: BaseProducer<Ctx> = cfg.create_with_context(Ctx(stats))?;
