@@ -8,11 +8,10 @@ import os
 import socket
 import time
 
-import confluent_kafka as ck
 from confluent_kafka.admin import ConfigResource, ConfigSource, ResourceType
 
 import kafka_raw as kr
-from helpers import ck_admin, ck_consumer, rss_kib
+from helpers import ck_admin, ck_consume, ck_producer, rss_kib
 
 
 def test_max_connections_holds_new_connections_until_one_closes(broker_factory):
@@ -84,24 +83,15 @@ def test_num_network_threads_sizes_the_pool(broker_factory, topic_name):
     assert worker_threads(broker.pid) == n
 
     broker = broker_factory(extra_args=["--num-network-threads", "1"])
-    producers = [ck.Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
-                 for _ in range(3)]
+    producers = [ck_producer(broker.bootstrap) for _ in range(3)]
     for i, p in enumerate(producers):
         for j in range(100):
             p.produce(topic_name, value=f"{i}-{j}".encode())
     for p in producers:
         assert p.flush(10) == 0
     assert worker_threads(broker.pid) == 1
-    c = ck_consumer(broker.bootstrap)
-    c.assign([ck.TopicPartition(topic_name, 0, 0)])
-    seen = set()
-    deadline = time.time() + 20
-    while len(seen) < 300 and time.time() < deadline:
-        m = c.poll(0.5)
-        if m is not None and m.error() is None:
-            seen.add(m.value())
-    c.close()
-    assert len(seen) == 300
+    got = ck_consume(broker.bootstrap, topic_name, 0, 0, 300, timeout=20)
+    assert len({m.value() for m in got}) == 300
 
 
 def test_frames_up_to_2mib_reserve_no_resident_memory(broker):
@@ -134,7 +124,7 @@ def test_direct_io_memory_is_bounded_by_the_directory_budget(broker_factory, top
     partitions (128 MB in all; every partition's tail would hold its 3.2 MB with no budget)
     grows the broker by little more than the 16 MiB budget, and every record reads back
     byte-exact, the partitions that let go of their tail from the file."""
-    from helpers import ck_consume, ck_create_topic, ck_produce_all, ck_producer
+    from helpers import ck_create_topic, ck_produce_all
 
     broker = broker_factory(extra_args=["--log-direct-io",
                                         "--log-direct-io-memory-bytes", str(16 << 20)])

@@ -80,24 +80,31 @@ pub(super) fn handle(
                         Some(_) => STATIC_BROKER_CONFIG,
                         None => DEFAULT_CONFIG,
                     };
-                    let items: [(&str, String, i8); 11] = [
-                        ("node.id", a.node_id.to_string(), 3),
-                        ("listeners", format!("PLAINTEXT://{}", a.listen), 2),
-                        ("advertised.listeners", format!("PLAINTEXT://{host}:{port}"), 2),
-                        ("log.dirs", a.data_dir.join("logs").display().to_string(), 2),
-                        ("num.partitions", a.num_partitions.to_string(), 3),
-                        ("auto.create.topics.enable", a.auto_create_topics_enable.to_string(), 1),
-                        ("socket.request.max.bytes", a.socket_request_max_bytes.to_string(), 3),
-                        ("max.connections", a.max_connections.to_string(), 3),
-                        ("num.network.threads", threads.to_string(), 3),
-                        ("log.retention.ms", a.log_retention_ms.to_string(), 5),
-                        ("message.max.bytes", a.message_max_bytes.to_string(), 3),
+                    const STATIC: i8 = STATIC_BROKER_CONFIG;
+                    let items: [(&str, String, i8, i8); 11] = [
+                        ("node.id", a.node_id.to_string(), 3, STATIC),
+                        ("listeners", format!("PLAINTEXT://{}", a.listen), 2, STATIC),
+                        ("advertised.listeners", format!("PLAINTEXT://{host}:{port}"), 2, STATIC),
+                        ("log.dirs", a.data_dir.join("logs").display().to_string(), 2, STATIC),
+                        ("num.partitions", a.num_partitions.to_string(), 3, STATIC),
+                        (
+                            "auto.create.topics.enable",
+                            a.auto_create_topics_enable.to_string(),
+                            1,
+                            STATIC,
+                        ),
+                        (
+                            "socket.request.max.bytes",
+                            a.socket_request_max_bytes.to_string(),
+                            3,
+                            STATIC,
+                        ),
+                        ("max.connections", a.max_connections.to_string(), 3, STATIC),
+                        ("num.network.threads", threads.to_string(), 3, threads_source),
+                        ("log.retention.ms", a.log_retention_ms.to_string(), 5, STATIC),
+                        ("message.max.bytes", a.message_max_bytes.to_string(), 3, STATIC),
                     ];
-                    for (k, v, ty) in items.into_iter().filter(|(k, _, _)| wanted(k)) {
-                        let source = match k {
-                            "num.network.threads" => threads_source,
-                            _ => STATIC_BROKER_CONFIG,
-                        };
+                    for (k, v, ty, source) in items.into_iter().filter(|(k, ..)| wanted(k)) {
                         let mut c = entry(k, v, source, ty, "");
                         c.read_only = true; // static: IncrementalAlterConfigs refuses them
                         out.configs.push(c);
